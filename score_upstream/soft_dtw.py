@@ -40,6 +40,7 @@ __all__ = [
     "soft_dtw",
     "soft_dtw_divergence",
     "resolve_backend",
+    "triton_self_check",
 ]
 
 BACKENDS = ("auto", "cpp", "torch", "triton")
@@ -66,7 +67,8 @@ def resolve_backend(device: torch.device, backend: str = "auto") -> str:
     """The backend that runs on ``device``: ``"cpp"`` (CPU kernel), ``"triton"`` (CUDA kernel) or ``"torch"``.
 
     ``"auto"`` honours ``SCORE_SOFTDTW_BACKEND`` and otherwise picks the compiled kernel on CPU when it
-    builds, the Triton kernel on CUDA when triton imports, else torch. Asking for ``"cpp"`` on a non-CPU
+    builds, the Triton kernel on CUDA when triton imports and the kernel passes its self-check on that
+    device (:func:`triton_self_check`, once per process and device), else torch. Asking for ``"cpp"`` on a non-CPU
     device or without a compiler is an error, so is ``"triton"`` without triton or off CUDA (unless the
     kernels were imported under ``TRITON_INTERPRET=1``, which runs them on CPU for testing).
     """
@@ -78,7 +80,8 @@ def resolve_backend(device: torch.device, backend: str = "auto") -> str:
         if device.type == "cpu":
             return "cpp" if soft_dtw_cpu.load() is not None else "torch"
         kernels = _triton_kernels() if device.type == "cuda" else None
-        return "triton" if kernels is not None and not kernels.INTERPRET else "torch"
+        usable = kernels is not None and not kernels.INTERPRET and _triton_checked(kernels, device)
+        return "triton" if usable else "torch"
     if backend == "triton":
         kernels = _triton_kernels()
         if kernels is None:
@@ -94,6 +97,70 @@ def resolve_backend(device: torch.device, backend: str = "auto") -> str:
         if soft_dtw_cpu.load() is None:
             raise SoftDTWError("soft-DTW backend 'cpp' could not be built (no C++ compiler?); use 'torch' or 'auto'")
     return backend
+
+
+def triton_self_check(kernels, device: torch.device, gamma: float = 0.1) -> tuple[bool, str]:
+    """Run the Triton kernels on ``device`` against the torch path (float64) on a small padded batch.
+
+    Covers length-1 sides, mixed lengths, junk in the padding, and diagonals split into chunks. Returns
+    ``(ok, message)``; compilation or launch errors count as a failure (the message names them).
+    """
+    gen = torch.Generator().manual_seed(0)
+    n = torch.tensor([40, 1, 23, 40, 7])
+    m = torch.tensor([29, 25, 1, 11, 29])
+    P, L1, L2 = len(n), int(n.max()), int(m.max())
+    C = torch.rand(P, L1, L2, generator=gen, dtype=torch.float64) * 2
+    valid = (torch.arange(L1)[None, :, None] < n[:, None, None]) & (torch.arange(L2)[None, None, :] < m[:, None, None])
+    C = torch.where(valid, C, torch.tensor(1e6, dtype=torch.float64))
+    grad_out = torch.randn(P, generator=gen, dtype=torch.float64)
+    ref_values, state = soft_dtw_torch.forward(C, n, m, gamma)
+    ref_grad = soft_dtw_torch.backward(state, n, m, gamma, grad_out, C.shape)
+    worst = 0.0
+    try:
+        for block in (None, 8):  # one chunk per diagonal, then up to 4
+            Cd = C.to(device=device, dtype=torch.float32)
+            nd, md = n.to(device), m.to(device)
+            values, Q = kernels.forward(Cd, nd, md, gamma, block=block)
+            grad = kernels.backward(Cd, Q, nd, md, gamma, grad_out.to(device, torch.float32), block=block)
+            values, grad = values.double().cpu(), grad.double().cpu()
+            if not (torch.isfinite(values).all() and torch.isfinite(grad).all()):
+                return False, f"non-finite output (block={block})"
+            if grad[~valid].abs().max() != 0:
+                return False, f"non-zero gradient on padding (block={block})"
+            dv = ((values - ref_values).abs() / ref_values.abs().clamp_min(1.0)).max().item()
+            # Per cell, relative to the cell itself, floored at 1e-3 of the pair's largest gradient
+            # (float32 rounding measured here stays below 1e-4 at gamma 0.1 and 3e-4 at 0.01).
+            floor = 1e-3 * ref_grad.abs().amax(dim=(1, 2), keepdim=True)
+            dg = ((grad - ref_grad).abs() / (ref_grad.abs() + floor)).max().item()
+            worst = max(worst, dv, dg)
+            if dv > 1e-4 or dg > 1e-2:
+                return False, f"differs from the torch path (block={block}): values {dv:.2e}, gradients {dg:.2e} relative"
+    except Exception as e:  # a kernel that does not compile or launch here must not stop training
+        return False, f"{type(e).__name__}: {e}"
+    return True, f"agrees with the torch path within {worst:.1e}"
+
+
+def _triton_checked(kernels, device: torch.device) -> bool:
+    """Whether ``auto`` may use the Triton kernels on ``device``: :func:`triton_self_check`, cached per device.
+
+    ``SCORE_SOFTDTW_SELFCHECK=0`` skips the check (the kernels are then trusted as they are).
+    """
+    cache = _triton_state.setdefault("checked", {})
+    key = str(device)
+    if key not in cache:
+        if os.environ.get("SCORE_SOFTDTW_SELFCHECK", "1") == "0":
+            cache[key] = True
+        else:
+            ok, message = triton_self_check(kernels, device)
+            if ok:
+                logger.info("Triton soft-DTW kernel on %s: %s", device, message)
+            else:
+                logger.warning(
+                    "Triton soft-DTW kernel failed its self-check on %s (%s); using the torch path. "
+                    "SCORE_SOFTDTW_BACKEND=triton forces the kernel.", device, message,
+                )
+            cache[key] = ok
+    return cache[key]
 
 
 def _cpp_forward(C: Tensor, n: Tensor, m: Tensor, gamma: float) -> tuple[Tensor, Tensor]:

@@ -146,10 +146,71 @@ def test_backend_selection(kernels, monkeypatch):
         sd.resolve_backend(torch.device("meta"), "triton")
 
 
+class _Faulty:
+    """The interpreted kernels with one injected fault, to show the self-check notices it."""
+
+    def __init__(self, kernels, fault):
+        self.kernels, self.fault, self.INTERPRET = kernels, fault, False
+
+    def forward(self, C, n, m, gamma, block=None):
+        if self.fault == "raise":
+            raise RuntimeError("PTX assembly failed")
+        values, Q = self.kernels.forward(C, n, m, gamma, block=block)
+        if self.fault == "values" and block is not None:  # only the chunked launch is wrong
+            values = values * (1 + 1e-3)
+        return values, Q
+
+    def backward(self, C, Q, n, m, gamma, grad_out, block=None):
+        G = self.kernels.backward(C, Q, n, m, gamma, grad_out, block=block)
+        if self.fault == "padding":
+            G[1, -1, -1] = 1e-7
+        if self.fault == "race":  # a stale read: 2 % off on the strongest interior cell of one pair
+            inner = G[0, 1:-1, 1:-1]
+            i, j = divmod(int(inner.abs().argmax()), inner.shape[1])
+            G[0, i + 1, j + 1] *= 1.02
+        return G
+
+
+def test_self_check_passes_for_the_kernels(kernels):
+    ok, message = sd.triton_self_check(kernels, torch.device("cpu"))
+    assert ok, message
+    assert "agrees with the torch path" in message
+
+
+@pytest.mark.parametrize("fault, expected", [
+    ("raise", "RuntimeError: PTX assembly failed"),
+    ("values", "block=8"),
+    ("padding", "non-zero gradient on padding"),
+    ("race", "gradients"),
+])
+def test_self_check_reports_each_fault(kernels, fault, expected):
+    ok, message = sd.triton_self_check(_Faulty(kernels, fault), torch.device("cpu"))
+    assert not ok and expected in message, message
+
+
+def test_auto_uses_the_kernel_only_after_it_passes(kernels, monkeypatch, caplog):
+    monkeypatch.setattr(sd, "_triton_state", {"module": kernels})
+    monkeypatch.delenv("SCORE_SOFTDTW_SELFCHECK", raising=False)
+    cpu = torch.device("cpu")
+    assert sd._triton_checked(kernels, cpu)
+    faulty = _Faulty(kernels, "race")
+    monkeypatch.setattr(sd, "_triton_state", {"module": faulty})
+    with caplog.at_level("WARNING", logger="score_upstream.soft_dtw"):
+        assert not sd._triton_checked(faulty, cpu)
+        assert not sd._triton_checked(faulty, cpu)  # checked once per device, then cached
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "using the torch path" in warnings[0]
+    monkeypatch.setattr(sd, "_triton_state", {"module": faulty})
+    monkeypatch.setenv("SCORE_SOFTDTW_SELFCHECK", "0")
+    assert sd._triton_checked(faulty, cpu)  # trusted as is when the check is switched off
+
+
 _GPU_SCRIPT = textwrap.dedent(
     """
     import torch
     from score_upstream import soft_dtw as sd
+    ok, message = sd.triton_self_check(sd._triton_kernels(), torch.device("cuda"))
+    assert ok, message
     assert sd.resolve_backend(torch.device("cuda")) == "triton", sd.resolve_backend(torch.device("cuda"))
     gen = torch.Generator().manual_seed(0)
     B, N, M, D = 4, 700, 650, 64

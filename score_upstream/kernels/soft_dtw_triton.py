@@ -167,9 +167,15 @@ def _backward_kernel(C, Q, G, GOUT, EB, QB, NL, ML, GAM, L1, L2, BLOCK: tl.const
         cur_o, s1_o, s2_o = s2_o, cur_o, s1_o
 
 
-def launch_config(L1: int, L2: int, num_warps: int | None = None) -> tuple[int, int]:
-    """``(BLOCK, num_warps)`` for padded sizes ``L1 x L2``: BLOCK covers the longest diagonal (<= MAX_BLOCK)."""
-    block = min(MAX_BLOCK, max(32, triton.next_power_of_2(min(L1, L2))))
+def launch_config(L1: int, L2: int, num_warps: int | None = None, block: int | None = None) -> tuple[int, int]:
+    """``(BLOCK, num_warps)`` for padded sizes ``L1 x L2``: BLOCK covers the longest diagonal (<= MAX_BLOCK).
+
+    ``block`` (a power of two) overrides the chunk length, e.g. to exercise chunked diagonals on small inputs.
+    """
+    if block is None:
+        block = min(MAX_BLOCK, max(32, triton.next_power_of_2(min(L1, L2))))
+    elif block < 1 or block & (block - 1):
+        raise ValueError(f"block must be a power of two, got {block}")
     if num_warps is None:
         num_warps = int(os.environ.get("SCORE_SOFTDTW_TRITON_WARPS", 0)) or min(16, max(1, block // 128))
     return block, num_warps
@@ -185,7 +191,8 @@ def _check(C: Tensor, n: Tensor, m: Tensor) -> None:
         raise ValueError(f"lengths must be int64 on {C.device}, got {n.dtype}/{m.dtype} on {n.device}/{m.device}")
 
 
-def forward(C: Tensor, n: Tensor, m: Tensor, gamma: float, num_warps: int | None = None) -> tuple[Tensor, Tensor]:
+def forward(C: Tensor, n: Tensor, m: Tensor, gamma: float, num_warps: int | None = None,
+            block: int | None = None) -> tuple[Tensor, Tensor]:
     """Soft-DTW values of a padded batch of cost matrices, one program per pair.
 
     Args:
@@ -193,6 +200,7 @@ def forward(C: Tensor, n: Tensor, m: Tensor, gamma: float, num_warps: int | None
         n, m: (P,) int64 lengths on ``C``'s device, ``1 <= n <= L1``, ``1 <= m <= L2``.
         gamma: softmin temperature (> 0).
         num_warps: warps per program (default: from :func:`launch_config`).
+        block: diagonal chunk length (default: from :func:`launch_config`).
 
     Returns:
         ``(values (P,), Q (P, L1, L2))``: ``Q`` holds the softmin of each valid cell's predecessors
@@ -205,7 +213,7 @@ def forward(C: Tensor, n: Tensor, m: Tensor, gamma: float, num_warps: int | None
     values = torch.empty(P, dtype=C.dtype, device=C.device)
     ring = torch.empty((P, 3, L1 + 2), dtype=C.dtype, device=C.device)
     g = torch.full((1,), gamma, dtype=C.dtype, device=C.device)
-    block, warps = launch_config(L1, L2, num_warps)
+    block, warps = launch_config(L1, L2, num_warps, block)
     if P:
         _forward_kernel[(P,)](C, Q, ring, values, n, m, g, L1, L2, BIG=1e30, BLOCK=block, num_warps=warps,
                                   num_stages=1)
@@ -213,14 +221,14 @@ def forward(C: Tensor, n: Tensor, m: Tensor, gamma: float, num_warps: int | None
 
 
 def backward(C: Tensor, Q: Tensor, n: Tensor, m: Tensor, gamma: float, grad_out: Tensor,
-             num_warps: int | None = None) -> Tensor:
+             num_warps: int | None = None, block: int | None = None) -> Tensor:
     """``grad_out[p] * dvalue_p / dC[p]`` (the E matrix), (P, L1, L2), zero outside each pair's lengths.
 
     Args:
         C, n, m, gamma: as given to :func:`forward`.
         Q: (P, L1, L2) the second output of :func:`forward`.
         grad_out: (P,) incoming gradient of the values.
-        num_warps: warps per program (default: from :func:`launch_config`).
+        num_warps, block: as in :func:`forward`.
     """
     _check(C, n, m)
     P, L1, L2 = C.shape
@@ -230,7 +238,7 @@ def backward(C: Tensor, Q: Tensor, n: Tensor, m: Tensor, gamma: float, grad_out:
     qb = torch.empty_like(eb)
     g = torch.full((1,), gamma, dtype=C.dtype, device=C.device)
     gout = grad_out.to(device=C.device, dtype=C.dtype).contiguous()
-    block, warps = launch_config(L1, L2, num_warps)
+    block, warps = launch_config(L1, L2, num_warps, block)
     if P:
         _backward_kernel[(P,)](C, Q, G, gout, eb, qb, n, m, g, L1, L2, BLOCK=block, num_warps=warps,
                                    num_stages=1)
