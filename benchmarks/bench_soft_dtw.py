@@ -11,7 +11,8 @@ time divided by ours. Methods:
 * ``ours``: :func:`score_upstream.soft_dtw.soft_dtw_divergence`, backend chosen by device (3B pairs in
   one DP, analytic backward).
 * ``ours-torch``: the same with the one-torch-step-per-anti-diagonal backend.
-* ``ref-recipe``: the reference recipe's way, re-implemented: batch 1, three soft-DTW calls per pair,
+* ``ref-recipe``: the reference recipe's way, re-implemented: batch 1 (forward and backward one pair at a
+  time, as gradient accumulation does), three soft-DTW calls per pair,
   cost as a broadcast ``(1, N, M, D)`` squared difference, forward and backward DP as per-pair loops in
   float64 (numba-jitted when numba is installed, else plain Python loops, which is far slower; the table
   says which), costs moved to NumPy and back.
@@ -115,35 +116,38 @@ def _broadcast_cost(a, b):
     return (a.unsqueeze(2).expand(-1, n, m, d) - b.unsqueeze(1).expand(-1, n, m, d)).pow(2).sum(3)
 
 
-def _ref_divergence(x, y, xl, yl, gamma, cost):
-    total = 0.0
+def _per_pair(x, y, xl, yl, pair_loss):
+    """Forward and backward one pair at a time (batch 1 with gradient accumulation, as the reference
+    recipe trains): only one pair's graph, e.g. its broadcast costs, is alive at once."""
+    xl, yl = xl.tolist(), yl.tolist()
     for b in range(x.shape[0]):
-        xb, yb = x[b : b + 1, : xl[b]], y[b : b + 1, : yl[b]]
+        pair_loss(x[b : b + 1, : xl[b]], y[b : b + 1, : yl[b]], xl[b] + yl[b]).backward()
+
+
+def _ref_divergence(x, y, xl, yl, gamma, cost):
+    def pair_loss(xb, yb, norm):
         sd = lambda u, v: _RefSoftDTW.apply(cost(u, v)[0], gamma)  # noqa: E731
-        total = total + (sd(xb, yb) - 0.5 * (sd(xb, xb) + sd(yb, yb))) / (xl[b] + yl[b])
-    return total
+        return (sd(xb, yb) - 0.5 * (sd(xb, xb) + sd(yb, yb))) / norm
+
+    _per_pair(x, y, xl, yl, pair_loss)
 
 
 def _method_fns(device):
+    """{name: fn(x, y, xl, yl, gamma)} each running the forward and the backward of the batch's loss."""
     fns = {
-        "ours": lambda x, y, xl, yl, g: soft_dtw_divergence(x, y, xl, yl, g).sum(),
-        "ours-torch": lambda x, y, xl, yl, g: soft_dtw_divergence(x, y, xl, yl, g, backend="torch").sum(),
+        "ours": lambda x, y, xl, yl, g: soft_dtw_divergence(x, y, xl, yl, g).sum().backward(),
+        "ours-torch": lambda x, y, xl, yl, g: soft_dtw_divergence(x, y, xl, yl, g, backend="torch").sum().backward(),
     }
     if device.type == "cpu":
-        fns["ref-recipe"] = lambda x, y, xl, yl, g: _ref_divergence(x, y, xl.tolist(), yl.tolist(), g, _broadcast_cost)
-        fns["ref-dp+mm"] = lambda x, y, xl, yl, g: _ref_divergence(
-            x, y, xl.tolist(), yl.tolist(), g, pairwise_sq_euclidean)
+        fns["ref-recipe"] = lambda x, y, xl, yl, g: _ref_divergence(x, y, xl, yl, g, _broadcast_cost)
+        fns["ref-dp+mm"] = lambda x, y, xl, yl, g: _ref_divergence(x, y, xl, yl, g, pairwise_sq_euclidean)
     try:
         from pysdtw import SoftDTW
 
         sdtw = SoftDTW(gamma=0.1, use_cuda=device.type == "cuda")
 
         def _pysdtw(x, y, xl, yl, g):
-            total = 0.0
-            for b in range(x.shape[0]):
-                xb, yb = x[b : b + 1, : xl[b]], y[b : b + 1, : yl[b]]
-                total = total + (sdtw(xb, yb) - 0.5 * (sdtw(xb, xb) + sdtw(yb, yb))).sum() / (xl[b] + yl[b])
-            return total
+            _per_pair(x, y, xl, yl, lambda xb, yb, norm: (sdtw(xb, yb) - 0.5 * (sdtw(xb, xb) + sdtw(yb, yb))).sum() / norm)
 
         fns["pysdtw"] = _pysdtw
     except Exception:  # optional extra, absent or broken
@@ -154,11 +158,7 @@ def _method_fns(device):
         loss = SoftDTWLossPyTorch(gamma=0.1, normalize=True)
 
         def _tslearn(x, y, xl, yl, g):
-            total = 0.0
-            for b in range(x.shape[0]):
-                xb, yb = x[b : b + 1, : xl[b]], y[b : b + 1, : yl[b]]
-                total = total + loss(xb, yb).sum() / (xl[b] + yl[b])
-            return total
+            _per_pair(x, y, xl, yl, lambda xb, yb, norm: loss(xb, yb).sum() / norm)
 
         fns["tslearn"] = _tslearn
     except Exception:
@@ -259,7 +259,7 @@ def _time_once(fn, x, y, xl, yl, gamma, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    fn(xg, yg, xl, yl, gamma).backward()
+    fn(xg, yg, xl, yl, gamma)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
@@ -273,8 +273,11 @@ def main(argv=None) -> int:
     p.add_argument("--gamma", type=float, default=0.1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-seconds", type=float, default=60.0,
-                   help="a method whose single run exceeds this is not repeated and skips larger sizes")
-    p.add_argument("--max-ref-gb", type=float, default=4.0, help="skip ref-recipe where its broadcast cost needs more")
+                   help="a method whose single run exceeds this skips larger sizes")
+    p.add_argument("--repeat-budget", type=float, default=10.0,
+                   help="seconds per method and size: repeats stop once their sum exceeds it (at least one run)")
+    p.add_argument("--max-ref-gb", type=float, default=12.0,
+                   help="skip ref-recipe where one pair's three broadcast costs need more (GB)")
     p.add_argument("--methods", default="", help="comma-separated subset of methods (default: all available)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-target", action="store_true", help="on CUDA, skip the B=16, N=M=1000 target table")
@@ -297,7 +300,8 @@ def main(argv=None) -> int:
     print(f"# soft-DTW divergence fwd+bwd, B={args.batch}, D={args.dim}, gamma={args.gamma}, device={device}, "
           f"threads={torch.get_num_threads()}, backend(ours)={resolve_backend(device)}, torch {torch.__version__}, "
           f"numba {'%s' % numba.__version__ if numba else 'absent (reference loops in plain Python)'}")
-    print(f"# seconds per call (median of {args.repeats}); 'x ours' = method time / ours time; '-' = skipped")
+    print(f"# seconds per call (median of up to {args.repeats}, repeats stop after {args.repeat_budget:g} s per cell); "
+          "'x ours' = method time / ours time; '-' = skipped")
     with_bound = device.type == "cuda" and resolve_backend(device) == "triton"
     header = ["N x M"] + [f"{k} s" for k in fns] + [f"{k} x ours" for k in fns if k != "ours"]
     header += ["bound s", "ours x bound"] if with_bound else []
@@ -323,6 +327,7 @@ def main(argv=None) -> int:
                 runs.append(_time_once(fn, x, y, xl, yl, args.gamma, device))
                 if runs[-1] > args.max_seconds:
                     dropped.add(name)
+                if sum(runs) > args.repeat_budget:
                     break
             times[name] = statistics.median(runs)
         ours = times.get("ours", math.nan)
