@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from score_upstream import qbe
+from score_upstream import qbe, quesst
 from score_upstream.stdlist import read_stdlist
 
 
@@ -83,7 +83,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         workers = args.workers or os.cpu_count()
-        t_sub, xml = _timed(lambda: qbe.run_s3prl_expert(queries[:sub], docs, qnames[:sub], dnames, tmp, workers))
+        t_sub, xml = _timed(lambda: quesst.run_s3prl_expert(queries[:sub], docs, qnames[:sub], dnames, tmp, workers))
         theirs = read_stdlist(xml)
     t_s3prl = t_sub * len(queries) / sub
     how = "measured" if sub == len(queries) else f"extrapolated from {sub} queries ({t_sub:.1f} s)"
@@ -92,7 +92,7 @@ def main() -> None:
     ours_sub = qbe.qbe_scores(queries[:sub], docs, **kw)
     diff_xml = max(abs(ours_sub[a, b].item() - theirs[q][d][0]) for a, q in enumerate(qnames[:sub]) for b, d in enumerate(dnames))
     one_q = [queries[0], queries[1]] if sub >= 2 else queries[:1]
-    diff_raw = (qbe.qbe_scores(one_q, docs, **kw) - qbe.s3prl_qbe_scores(one_q, docs)).abs().max().item()
+    diff_raw = (qbe.qbe_scores(one_q, docs, **kw) - quesst.s3prl_qbe_scores(one_q, docs)).abs().max().item()
 
     print(f"QbE search, {len(queries)} queries ({qlo}-{qhi} frames) x {len(docs)} documents ({dlo}-{dhi} frames), "
           f"D={args.dim}, {cells / 1e6:.0f} M distance cells")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from score_upstream import qbe, stdlist
+from score_upstream import qbe, quesst, stdlist
 from score_upstream.kernels import qbe_cpu
 
 BACKENDS = ["torch"] + (["cpp"] if qbe_cpu.load() is not None else [])
@@ -79,7 +79,7 @@ def test_scores_equal_s3prl_path(dtype):
     dim = 12
     queries = _features(gen, 6, 5, 30, dim) + [torch.randn(3, dim, generator=gen)]  # the last one is too short
     docs = _features(gen, 15, 5, 60, dim)
-    ref = qbe.s3prl_qbe_scores(queries, docs)
+    ref = quesst.s3prl_qbe_scores(queries, docs)
     for (batch_docs, batch_queries), backend in itertools.product([(4, 2), (64, 16), (1, 1)], BACKENDS):
         ours = qbe.qbe_scores(queries, docs, batch_docs=batch_docs, batch_queries=batch_queries, dtype=dtype, backend=backend)
         assert ours.shape == (7, 15) and ours.dtype == torch.float64
@@ -187,7 +187,7 @@ def test_stdlist_matches_s3prl_expert_output(tmp_path):
     docs = _features(gen, 6, 5, 30, 8)
     qnames = [f"quesst14_dev_{k:04d}" for k in range(1, 6)]
     dnames = [f"quesst14_{k:05d}" for k in range(1, 7)]
-    s3prl_xml = qbe.run_s3prl_expert(queries, docs, qnames, dnames, tmp_path / "s3prl", max_workers=1)
+    s3prl_xml = quesst.run_s3prl_expert(queries, docs, qnames, dnames, tmp_path / "s3prl", max_workers=1)
     ours_xml = stdlist.write_stdlist(tmp_path / "ours" / "benchmark.stdlist.xml", qnames, dnames, qbe.qbe_scores(queries, docs), [len(q) for q in queries])
     theirs, ours = stdlist.read_stdlist(s3prl_xml), stdlist.read_stdlist(ours_xml)
     assert list(ours) == [qnames[-1], *qnames[:-1]]  # short queries first, as s3prl writes them
@@ -233,14 +233,14 @@ def test_cli_features_file(tmp_path, capsys):
     data = {"query_names": ["q1", "q2"], "doc_names": ["d1", "d2", "d3"]}
     data["queries"], data["docs"] = _features(gen, 2, 5, 9, 6), _features(gen, 3, 5, 15, 6)
     torch.save(data, tmp_path / "feats.pt")
-    assert qbe.main(["--features", str(tmp_path / "feats.pt"), "--out", str(tmp_path / "out")]) == 0
+    assert quesst.main(["--features", str(tmp_path / "feats.pt"), "--out", str(tmp_path / "out")]) == 0
     got = stdlist.read_stdlist(tmp_path / "out" / "benchmark.stdlist.xml")
-    ref = qbe.s3prl_qbe_scores(data["queries"], data["docs"])
+    ref = quesst.s3prl_qbe_scores(data["queries"], data["docs"])
     table = torch.tensor([[got[q][d][0] for d in data["doc_names"]] for q in data["query_names"]], dtype=torch.float64)
     assert (table - ref).abs().max() <= 1e-4 + 1e-9  # the XML holds 4 decimals
-    assert qbe.main(["--out", str(tmp_path / "o2")]) == 2
+    assert quesst.main(["--out", str(tmp_path / "o2")]) == 2
     assert "score-qbe: error:" in capsys.readouterr().err
-    assert qbe.main(["--ckpt", "x.pt", "--quesst-root", str(tmp_path), "--out", str(tmp_path / "o3")]) == 2
+    assert quesst.main(["--ckpt", "x.pt", "--quesst-root", str(tmp_path), "--out", str(tmp_path / "o3")]) == 2
 
 
 def test_end_to_end_on_synthetic_quesst(tiny_corpus, tiny_hubert_ckpt, tmp_path):
@@ -248,8 +248,8 @@ def test_end_to_end_on_synthetic_quesst(tiny_corpus, tiny_hubert_ckpt, tmp_path)
     common = ["--upstream", "hubert_local", "--ckpt", str(tiny_hubert_ckpt), "--split", "dev"]
     common += ["--quesst-root", str(tiny_corpus / "quesst14Database")]
     ours_args = ["--layers", "0,12", "--out", str(tmp_path / "ours"), "--batch-docs", "3", "--batch-queries", "2"]
-    assert qbe.main([*common, *ours_args]) == 0
-    assert qbe.main([*common, "--layers", "12", "--out", str(tmp_path / "s3prl"), "--impl", "s3prl", "--workers", "1"]) == 0
+    assert quesst.main([*common, *ours_args]) == 0
+    assert quesst.main([*common, "--layers", "12", "--out", str(tmp_path / "s3prl"), "--impl", "s3prl", "--workers", "1"]) == 0
     assert stdlist.read_stdlist(tmp_path / "ours" / "layer0" / "benchmark.stdlist.xml")
     for layer in (12,):
         ours = stdlist.read_stdlist(tmp_path / "ours" / f"layer{layer}" / "benchmark.stdlist.xml")
