@@ -17,6 +17,14 @@ which model gets the perturbed view 50/50.
 with a small denominator (9/8 for +2 semitones, 3.9 cents sharp), so the resample is cheap. Its output
 is measurably close to the reference: :func:`log_mel_distance` between the two is a small fraction of the
 distance between the reference and the unshifted audio (see ``tests/test_perturb.py``).
+
+Both paths use torchaudio's phase vocoder, which has no phase locking: it carries each bin's phase
+from the first frame and, when stretching (rate < 1), applies some early frame-to-frame increments
+twice. On a steady harmonic signal the phase relation between neighbouring bins is then fixed by the
+onset, so the output level changes with it (a 150 Hz voice starting abruptly: -4.6 dB after +2
+semitones through the reference, -0.5 dB through the fast path, which zero-pads the STFT edges where
+the reference reflects; after 0.3 s of leading silence: 0 dB for both at +2, -2.0 / -0.8 dB at -2).
+The pitch itself moves by the exact ratio in both (tested on such a voice).
 """
 
 from __future__ import annotations

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import pickle
+from fractions import Fraction
 
 import pytest
 import torch
 
 from score_upstream.perturb import (
+    MAX_DENOMINATOR,
     PerturbError,
     ScorePerturbation,
     log_mel_distance,
@@ -73,6 +75,32 @@ def test_fast_pitch_is_close_to_reference(reference_shifts):
         for f in (300.0, 440.0, 1000.0):  # each tone lands at the same place in both, within 1 %
             target = f * 2 ** (s / 12)
             assert abs(band_peak_hz(fast, target) - band_peak_hz(ref[s], target)) <= 0.01 * target + 2 * SR / w.shape[-1]
+
+
+def harmonic_f0(x, lo=100.0, hi=250.0):
+    """f0 of a harmonic signal: the candidate (0.05 Hz grid) whose first 8 harmonics hold the most energy."""
+    n = 1 << 18
+    spec = torch.fft.rfft(x * torch.hann_window(x.shape[-1]), n=n).abs()
+    cands = torch.arange(lo, hi, 0.05)
+    idx = torch.round(cands[:, None] * torch.arange(1, 9)[None, :] * n / SR).long()
+    return float(cands[spec[idx].sum(1).argmax()])
+
+
+@pytest.mark.parametrize("method", ["reference", "fast"])
+def test_a_harmonic_voice_moves_by_the_shift_ratio(method):
+    # A 150 Hz voice with 23 harmonics and an abrupt onset: phase-vocoder phasiness changes its level
+    # (see score_upstream.perturb), never its pitch.
+    t = torch.arange(int(1.5 * SR)) / SR
+    k = torch.arange(1, 24)
+    voice = (torch.sin(2 * math.pi * 150.0 * k[:, None] * t[None]) / k[:, None].sqrt()).sum(0) * 0.05
+    assert abs(harmonic_f0(voice) - 150.0) < 0.1
+    for s in (2.0, -2.0):
+        ratio = 2 ** (s / 12)
+        if method == "fast":  # the ratio rounded to a small fraction (9/8 for +2, 8/9 for -2)
+            ratio = float(Fraction(ratio).limit_denominator(MAX_DENOMINATOR))
+        expected = 150.0 * ratio
+        got = harmonic_f0(pitch_shift(voice, s, method=method)[2000:-2000])
+        assert abs(got - expected) < 0.15, (s, got, expected)
 
 
 def test_log_mel_distance_is_zero_for_identical_and_positive_otherwise():
