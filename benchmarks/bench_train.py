@@ -4,13 +4,15 @@ Run::
 
     python benchmarks/bench_train.py                       # tiny model on a fresh synthetic corpus, CPU
     python benchmarks/bench_train.py --data ROOT --model hubert_base_ls960.pt --updates 20   # real HuBERT
+    python benchmarks/bench_train.py --model random-base     # HuBERT Base's size, random weights, synthetic speech
 
 Both rows run the same trainer, model, loss and optimiser for ``--updates`` updates of 8 utterances:
 
 * reference: batch 1 x accumulation 8, reference pitch shift in the training loop (no workers), soft-DTW
   one pair at a time;
-* ours: micro-batches of up to ``--batch-seconds`` padded seconds with length bucketing, fast pitch
-  path in data-loader workers (or batched on the GPU with ``--on-device``), batched soft-DTW.
+* ours: micro-batches of up to ``--batch-seconds`` padded seconds with length bucketing, batched
+  soft-DTW, pitch shifting in data-loader workers (or batched on the GPU with ``--on-device``); once with
+  the reference pitch shift (the recipe's default) and once with the fast one.
 
 The first update of each row is treated as warm-up and left out of the rate.
 """
@@ -64,7 +66,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="root holding LibriSpeech/ (default: a fresh tiny synthetic corpus)")
     ap.add_argument("--subset", default="train-clean-100")
-    ap.add_argument("--model", help="initial HuBERT (any format); default: the tiny random model")
+    ap.add_argument("--model", help="initial HuBERT (any format), or 'random-base' for HuBERT Base's architecture "
+                                    "with random weights; default: the tiny random model")
     ap.add_argument("--updates", type=int, default=2)
     ap.add_argument("--batch-seconds", type=float, default=60.0)
     ap.add_argument("--workers", type=int, default=0)
@@ -80,6 +83,12 @@ def main(argv=None) -> int:
         tmp = tempfile.TemporaryDirectory()
         generate(tmp.name, seed=0, size="tiny")
         data = tmp.name
+    if args.model == "random-base":
+        from score_upstream.hubert import base_model_cfg, new_hubert, save_s3prl
+
+        tmp_model = tempfile.TemporaryDirectory()
+        args.model = save_s3prl(new_hubert(base_model_cfg(), seed=0), Path(tmp_model.name) / "hubert_base_random.pt")
+        args.model_label = "random-weight HuBERT Base (95M)"
     n = args.updates + 1
     common = [f"optim.total_steps={n}", "optim.warmup_steps=1", f"save_every={n}", "progress=false",
               f"data.subsets=[{args.subset}]", f"device={args.device}", "data.utterances_per_update=8"]
@@ -89,18 +98,19 @@ def main(argv=None) -> int:
         run("reference (1 x 8, ref. pitch in loop, per-pair sDTW)", data,
             [*common, "data.batch_seconds=0.001", "data.num_workers=0", "perturb.pitch_method=reference"],
             loss_fn=per_pair_divergence),
-        run("ours (bucketed, fast pitch " + ("on device" if args.on_device else f"in {args.workers} worker(s)")
-            + ", batched sDTW)", data,
-            [*common, f"data.batch_seconds={args.batch_seconds}", f"data.num_workers={0 if args.on_device else args.workers}",
-             "data.bucket_window=4", "perturb.pitch_method=fast", f"perturb.on_device={str(args.on_device).lower()}",
-             "model.cnn_per_utterance=false"]),
     ]
+    for pitch in ("reference", "fast"):  # reference pitch = the recipe's default (hubert_base.yaml)
+        where = "on device" if args.on_device else f"in {args.workers} worker(s)"
+        rows.append(run(f"ours (bucketed, {pitch} pitch {where}, batched sDTW)", data, [
+            *common, f"data.batch_seconds={args.batch_seconds}", f"data.num_workers={0 if args.on_device else args.workers}",
+            "data.bucket_window=4", f"perturb.pitch_method={pitch}", f"perturb.on_device={str(args.on_device).lower()}",
+            "model.cnn_per_utterance=false"]))
     dev = "cuda" if (args.device == "auto" and torch.cuda.is_available()) or args.device.startswith("cuda") else "cpu"
-    print(f"training throughput, {args.model or 'tiny random HuBERT'}, {dev}, torch {torch.__version__}, "
+    print(f"training throughput, {getattr(args, 'model_label', None) or args.model or 'tiny random HuBERT'}, {dev}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {args.updates} timed updates of 8 utterances")
-    print(f"{'setting':<62} {'audio-s':>8} {'wall-s':>8} {'audio-s/s':>10} {'ratio':>6}")
+    print(f"{'setting':<66} {'audio-s':>8} {'wall-s':>8} {'audio-s/s':>10} {'ratio':>6}")
     for r in rows:
-        print(f"{r['name']:<62} {r['audio_s']:>8.1f} {r['wall_s']:>8.2f} {r['rate']:>10.1f} "
+        print(f"{r['name']:<66} {r['audio_s']:>8.1f} {r['wall_s']:>8.2f} {r['rate']:>10.1f} "
               f"{r['rate'] / rows[0]['rate']:>5.2f}x")
     if tmp is not None:
         tmp.cleanup()
