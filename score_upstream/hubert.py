@@ -43,6 +43,7 @@ __all__ = [
 
 # Seven conv blocks with HuBERT Base's kernels/strides (5*2*2*2*2*2*2 = 320), narrow channels.
 TINY_CONV_LAYERS = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
+BASE_CONV_LAYERS = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
 
 
 @dataclass
@@ -124,6 +125,19 @@ def tiny_model_cfg(**overrides: Any) -> dict:
         "skip_masked": False,
         "skip_nomask": False,
     }
+    cfg.update(overrides)
+    return cfg
+
+
+def base_model_cfg(**overrides: Any) -> dict:
+    """HuBERT Base's ``model_cfg`` (95M parameters: 768-dim, 12 layers, 3072 FFN, 12 heads, 512-channel
+    conv front-end, 128-tap positional conv in 16 groups, 256-dim projection), e.g. for a random-weight
+    model of the real size where no checkpoint can be downloaded (throughput does not depend on weights).
+    """
+    cfg = tiny_model_cfg(
+        encoder_embed_dim=768, encoder_ffn_embed_dim=3072, encoder_attention_heads=12,
+        conv_feature_layers=BASE_CONV_LAYERS, conv_pos=128, conv_pos_groups=16, final_dim=256,
+    )
     cfg.update(overrides)
     return cfg
 
