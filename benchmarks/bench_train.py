@@ -8,8 +8,8 @@ Run::
 
 Both rows run the same trainer, model, loss and optimiser for ``--updates`` updates of 8 utterances:
 
-* reference: batch 1 x accumulation 8, reference pitch shift in the training loop (no workers), soft-DTW
-  one pair at a time;
+* reference: batch 1 x accumulation 8, torchaudio's ``PitchShift`` in the training loop (no workers),
+  soft-DTW one pair at a time;
 * ours: micro-batches of up to ``--batch-seconds`` padded seconds with length bucketing, batched
   soft-DTW, pitch shifting in data-loader workers (or batched on the GPU with ``--on-device``); once with
   the reference pitch shift (the recipe's default) and once with the fast one.
@@ -20,6 +20,7 @@ The first update of each row is treated as warm-up and left out of the rate.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import tempfile
@@ -39,6 +40,31 @@ def per_pair_divergence(x, y, x_lengths, y_lengths, gamma=0.1, normalize=True):
     """The reference recipe's way: one (unpadded) pair at a time."""
     return torch.cat([soft_dtw_divergence(x[b:b + 1, : int(x_lengths[b])], y[b:b + 1, : int(y_lengths[b])],
                                           gamma=gamma, normalize=normalize) for b in range(x.shape[0])])
+
+
+@contextlib.contextmanager
+def torchaudio_pitch_shift():
+    """Within the block the reference pitch method is torchaudio's own ``PitchShift`` transform (dense
+    resampling kernel), as the reference recipe runs it; ours computes the same numbers with a sparse one.
+    In-process only: use it with ``data.num_workers=0``."""
+    import torchaudio
+
+    from score_upstream import perturb
+
+    saved, cache = perturb._reference_shifter, {}
+
+    def shifter(sr, semitones, dtype, device):
+        key = (sr, semitones, dtype, str(device))
+        if key not in cache:
+            cache[key] = torchaudio.transforms.PitchShift(sr, semitones, n_fft=perturb.N_FFT,
+                                                          hop_length=perturb.HOP).to(device=device, dtype=dtype)
+        return cache[key]
+
+    perturb._reference_shifter = shifter
+    try:
+        yield
+    finally:
+        perturb._reference_shifter = saved
 
 
 def run(name: str, data: str, overrides: list[str], loss_fn=None) -> dict:
@@ -94,11 +120,10 @@ def main(argv=None) -> int:
               f"data.subsets=[{args.subset}]", f"device={args.device}", "data.utterances_per_update=8"]
     if args.model:
         common += ["model.tiny=false", f"model.init={args.model}", "model.head_dim=256"]
-    rows = [
-        run("reference (1 x 8, ref. pitch in loop, per-pair sDTW)", data,
-            [*common, "data.batch_seconds=0.001", "data.num_workers=0", "perturb.pitch_method=reference"],
-            loss_fn=per_pair_divergence),
-    ]
+    with torchaudio_pitch_shift():
+        rows = [run("reference (1 x 8, torchaudio pitch in loop, per-pair sDTW)", data,
+                    [*common, "data.batch_seconds=0.001", "data.num_workers=0", "perturb.pitch_method=reference"],
+                    loss_fn=per_pair_divergence)]
     for pitch in ("reference", "fast"):  # reference pitch = the recipe's default (hubert_base.yaml)
         where = "on device" if args.on_device else f"in {args.workers} worker(s)"
         rows.append(run(f"ours (bucketed, {pitch} pitch {where}, batched sDTW)", data, [

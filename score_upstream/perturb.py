@@ -9,9 +9,10 @@ Usage::
 
 The reference recipe draws a speed factor uniformly from {0.9, 1.0, 1.1} (resampling, so duration and
 pitch both change: 1.1 is faster and shorter), then shifts the pitch by +2 or -2 semitones with
-``torchaudio.functional.pitch_shift`` (phase-vocoder time stretch by ``2^(-n/12)``, then a resample from
-``int(sr / rate)`` to ``sr`` Hz; that ratio is irreducible at 16 kHz, which makes it slow), and swaps
-which model gets the perturbed view 50/50.
+torchaudio's ``PitchShift`` (phase-vocoder time stretch by ``2^(-n/12)``, then a resample from
+``int(sr / rate)`` to ``sr`` Hz), and swaps which model gets the perturbed view 50/50. That ratio is
+irreducible at 16 kHz, which makes torchaudio's dense resampling kernel huge and slow; the
+``"reference"`` method here computes the same numbers with only the kernel's non-zero taps.
 
 ``pitch_method="fast"`` keeps the same two steps but rounds the pitch ratio ``2^(n/12)`` to a fraction
 with a small denominator (9/8 for +2 semitones, 3.9 cents sharp), so the resample is cheap. Its output
@@ -129,9 +130,10 @@ def pitch_shift(wav: Tensor, semitones: float, sr: int = 16000, method: str = "r
         wav: (..., T) waveform.
         semitones: shift in semitones (+2 = up a whole tone).
         sr: sample rate in Hz (only the reference method depends on it).
-        method: ``"reference"`` = ``torchaudio.transforms.PitchShift`` (n_fft 512, hop 128, Hann) with its
-            kernel cached, as the reference recipe (~56 ms CPU per audio-second at 16 kHz); ``"fast"`` = same phase vocoder with
-            the ratio rounded to a small fraction (a few ms per audio-second).
+        method: ``"reference"`` = the numbers of ``torchaudio.transforms.PitchShift`` (n_fft 512, hop 128,
+            Hann), the reference recipe's transform, with a sparse resampling kernel (see
+            :class:`_ReferencePitch`); ``"fast"`` = same phase vocoder with the ratio rounded to a small
+            fraction.
 
     Returns:
         (..., T) waveform.
@@ -142,29 +144,51 @@ def pitch_shift(wav: Tensor, semitones: float, sr: int = 16000, method: str = "r
     if semitones == 0:
         return wav.clone()
     if method == "reference":
-        with torch.no_grad():  # perturbations never need gradients; the cached kernel is a Parameter
+        with torch.no_grad():  # perturbations never need gradients
             return _reference_shifter(sr, float(semitones), wav.dtype, wav.device)(wav)
     return _fast_pitch(wav, float(semitones))
 
 
-_REFERENCE_SHIFTERS: dict[tuple, torch.nn.Module] = {}
+class _ReferencePitch:
+    """``torchaudio.transforms.PitchShift(sr, semitones, n_fft=512, hop_length=128)``, the reference
+    recipe's transform, with its resample done by :class:`~score_upstream.resample.SincResampler`.
 
-
-def _reference_shifter(sr: int, semitones: float, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
-    """``torchaudio.transforms.PitchShift``, one per (rate, shift, dtype, device), kept for the process.
-
-    The reference recipe holds one such transform: its resampling kernel (orig 17,959 Hz -> 16 kHz for
-    +2 semitones, an irreducible ratio, so 16,000 filter phases) is built on the first call and reused.
-    ``torchaudio.functional.pitch_shift`` computes the same numbers but rebuilds that kernel on every call,
-    which costs seconds per audio-second instead of tens of milliseconds.
+    The phase-vocoder stretch is torchaudio's, step for step (reflect-padded STFT, ``phase_vocoder`` at
+    rate ``2^(-n/12)``, inverse STFT to ``round(T / rate)`` samples). The resample from
+    ``int(sr / rate)`` to ``sr`` Hz uses the same sinc kernel values; torchaudio holds them as a dense
+    kernel of 16,000 x 17,973 floats for +2 semitones at 16 kHz (1.15 GB per process, ~0.2 s of CPU per
+    audio-second), this one only the 15 non-zero taps per phase (1 MB). Outputs agree to float rounding.
     """
+
+    def __init__(self, sr: int, semitones: float, dtype: torch.dtype, device: torch.device):
+        from score_upstream.resample import SincResampler
+
+        self.rate = 2.0 ** (-float(semitones) / 12)
+        self.window = torch.hann_window(N_FFT, dtype=dtype, device=device)
+        orig = int(sr / self.rate)
+        self.resampler = SincResampler(orig, sr, dtype=dtype, device=device) if orig != sr else None
+
+    def __call__(self, wav: Tensor) -> Tensor:
+        shape = wav.shape
+        x = wav.reshape(-1, shape[-1])
+        spec = torch.stft(x, N_FFT, HOP, window=self.window, center=True, pad_mode="reflect", return_complex=True)
+        advance = torch.linspace(0, math.pi * HOP, spec.shape[-2], device=spec.device)[..., None]
+        stretched = AF.phase_vocoder(spec, self.rate, advance)
+        y = torch.istft(stretched, N_FFT, HOP, window=self.window, length=int(round(shape[-1] / self.rate)))
+        if self.resampler is not None:
+            y = self.resampler(y)
+        return _fix_length(y, shape[-1]).reshape(shape)
+
+
+_REFERENCE_SHIFTERS: dict[tuple, _ReferencePitch] = {}
+
+
+def _reference_shifter(sr: int, semitones: float, dtype: torch.dtype, device: torch.device) -> _ReferencePitch:
+    """One :class:`_ReferencePitch` per (rate, shift, dtype, device), kept for the process."""
     key = (int(sr), semitones, dtype, str(device))
     shifter = _REFERENCE_SHIFTERS.get(key)
     if shifter is None:
-        import torchaudio
-
-        shifter = torchaudio.transforms.PitchShift(int(sr), semitones, bins_per_octave=12, n_fft=N_FFT, hop_length=HOP)
-        shifter = _REFERENCE_SHIFTERS[key] = shifter.to(device=device, dtype=dtype)
+        shifter = _REFERENCE_SHIFTERS[key] = _ReferencePitch(int(sr), semitones, dtype, device)
     return shifter
 
 
