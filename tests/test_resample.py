@@ -34,3 +34,17 @@ def test_short_inputs_and_bad_arguments():
         SincResampler(16000.5, 16000)
     with pytest.raises(ValueError, match="holds torch.float32"):
         r(torch.randn(100, dtype=torch.float64))
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from score_upstream.perturb import pitch_shift
+
+    x = torch.randn(3, 40000, generator=torch.Generator().manual_seed(0)) * 0.1
+    cpu = SincResampler(17959, 16000)(x)
+    cuda = SincResampler(17959, 16000, device="cuda")(x.cuda()).cpu()
+    torch.testing.assert_close(cuda, cpu, rtol=0, atol=1e-6)
+    for semitones in (2.0, -2.0):  # the whole reference pitch shift, as perturb.on_device runs it
+        torch.testing.assert_close(pitch_shift(x.cuda(), semitones).cpu(), pitch_shift(x, semitones), rtol=0, atol=1e-5)
