@@ -65,7 +65,7 @@ class SincResampler:
         kernel = torch.where(t == 0, torch.tensor(1.0).to(t), t.sin() / t)
         kernel *= window * (base / o)
         self.kernel = kernel  # (n, taps)
-        self.dtype, self.device = dtype, torch.device(device)
+        self.dtype, self.device = dtype, kernel.device  # an indexed device: 'cuda' becomes cuda:0
 
     @property
     def nbytes(self) -> int:
