@@ -265,6 +265,47 @@ def _time_once(fn, x, y, xl, yl, gamma, device):
     return time.perf_counter() - t0
 
 
+def _breakdown(args, sizes, device) -> None:
+    """Where ``ours`` spends its time: the 3B cost matrices (GEMM, forward + backward) vs the DP alone."""
+    from score_upstream.soft_dtw import _DivergenceCosts, soft_dtw_cost
+
+    def timed(fn):
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        runs = []
+        for _ in range(max(1, args.repeats)):
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            runs.append(time.perf_counter() - t0)
+        return statistics.median(runs)
+
+    print(f"# ours, time by part: B={args.batch}, D={args.dim}, full lengths, backend {resolve_backend(device)}, "
+          f"median of {args.repeats}")
+    print("| N x M | cost GEMM fwd+bwd s | DP fwd s | DP bwd s | DP fwd ns/cell | DP bwd ns/cell |")
+    print("|---|---|---|---|---|---|")
+    gen = torch.Generator().manual_seed(0)
+    for N, M in sizes:
+        L = max(N, M)
+        x = torch.nn.functional.normalize(torch.randn(args.batch, L, args.dim, generator=gen), dim=-1).to(device)
+        y = torch.nn.functional.normalize(torch.randn(args.batch, L, args.dim, generator=gen), dim=-1).to(device)
+        n = torch.tensor([N] * (2 * args.batch) + [M] * args.batch, device=device)
+        m = torch.tensor([M] * args.batch + [N] * args.batch + [M] * args.batch, device=device)
+        cells = int((n * m).sum())
+
+        def gemm():
+            _DivergenceCosts.apply(x.clone().requires_grad_(), y.clone().requires_grad_()).sum().backward()
+
+        C = _DivergenceCosts.apply(x, y).contiguous()
+        fwd = timed(lambda: soft_dtw_cost(C, n, m, args.gamma))
+        C.requires_grad_()
+        both = timed(lambda: soft_dtw_cost(C, n, m, args.gamma).sum().backward())
+        print(f"| {N}x{M} | {timed(gemm):.3f} | {fwd:.3f} | {both - fwd:.3f} | {fwd / cells * 1e9:.2f} | "
+              f"{(both - fwd) / cells * 1e9:.2f} |", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="200x180,400x360,800x720,1600x1500", help="NxM list, comma separated")
@@ -281,6 +322,8 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default="", help="comma-separated subset of methods (default: all available)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-target", action="store_true", help="on CUDA, skip the B=16, N=M=1000 target table")
+    p.add_argument("--breakdown", action="store_true",
+                   help="instead of the comparison: ours' time split into cost GEMM and DP forward/backward")
     args = p.parse_args(argv)
     try:
         sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
@@ -289,6 +332,9 @@ def main(argv=None) -> int:
         print(f"error: --sizes {args.sizes!r}: expected a comma-separated list like 200x180,800x720", file=sys.stderr)
         return 2
     device = torch.device(args.device)
+    if args.breakdown:
+        _breakdown(args, sizes, device)
+        return 0
     fns = _method_fns(device)
     if args.methods:
         unknown = set(args.methods.split(",")) - set(fns)

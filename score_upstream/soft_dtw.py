@@ -278,6 +278,34 @@ def pairwise_sq_euclidean(x: Tensor, y: Tensor) -> Tensor:
     )
 
 
+class _DivergenceCosts(torch.autograd.Function):
+    """The three terms' squared-Euclidean costs stacked as ``(xy, xx, yy)``, (3B, L, L) for x, y (B, L, D).
+
+    Same values as three :func:`pairwise_sq_euclidean` calls; the backward uses the symmetry of the
+    xx and yy terms, ``d/dx sum(G * cost(x, x)) = 2 (rowsum(S) x - S x)`` with ``S = G + G^T``: one
+    batched GEMM per symmetric term instead of two, 4 instead of 6 in all.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor) -> Tensor:
+        ctx.save_for_backward(x, y)
+        return torch.cat((pairwise_sq_euclidean(x, y), pairwise_sq_euclidean(x, x), pairwise_sq_euclidean(y, y)))
+
+    @staticmethod
+    def backward(ctx, G: Tensor):
+        x, y = ctx.saved_tensors
+        B = x.shape[0]
+        g_xy, g_xx, g_yy = G[:B], G[B : 2 * B], G[2 * B :]
+        s_xx = g_xx + g_xx.transpose(1, 2)
+        s_yy = g_yy + g_yy.transpose(1, 2)
+        # d/dx_i of sum_j G_ij (|x_i|^2 + |y_j|^2 - 2 x_i.y_j) = 2 (x_i sum_j G_ij - (G y)_i); likewise for y.
+        dx = torch.baddbmm(x * (g_xy.sum(2) + s_xx.sum(2)).unsqueeze(-1), g_xy, y, alpha=-1.0)
+        dx = torch.baddbmm(dx, s_xx, x, alpha=-1.0)
+        dy = torch.baddbmm(y * (g_xy.sum(1) + s_yy.sum(2)).unsqueeze(-1), g_xy.transpose(1, 2), x, alpha=-1.0)
+        dy = torch.baddbmm(dy, s_yy, y, alpha=-1.0)
+        return 2.0 * dx, 2.0 * dy
+
+
 def _prepare(x: Tensor, y: Tensor, x_lengths, y_lengths, dp_dtype):
     if x.dim() != 3 or y.dim() != 3:
         raise SoftDTWError(f"x and y must be (B, N, D) and (B, M, D), got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -346,11 +374,9 @@ def soft_dtw_divergence(
     # One DP over 3B stacked pairs (xy, xx, yy), padded to a common size L.
     xp = torch.nn.functional.pad(x, (0, 0, 0, L - N))
     yp = torch.nn.functional.pad(y, (0, 0, 0, L - M))
-    left = torch.cat((xp, xp, yp))
-    right = torch.cat((yp, xp, yp))
     n = torch.cat((xl, xl, yl))
     m = torch.cat((yl, xl, yl))
-    values = soft_dtw_cost(pairwise_sq_euclidean(left, right), n, m, gamma, backend)
+    values = soft_dtw_cost(_DivergenceCosts.apply(xp, yp), n, m, gamma, backend)
     xy, xx, yy = values.view(3, B)
     div = xy - 0.5 * (xx + yy)
     if normalize:
