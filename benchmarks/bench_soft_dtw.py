@@ -42,7 +42,7 @@ import time
 import numpy as np
 import torch
 
-from score_upstream.soft_dtw import pairwise_sq_euclidean, resolve_backend, soft_dtw_divergence
+from score_upstream.soft_dtw import divergence_costs, pairwise_sq_euclidean, resolve_backend, soft_dtw_divergence
 
 try:
     import triton
@@ -236,12 +236,11 @@ def _gpu_target_table(args) -> None:
     print(f"| latency bound | {bound:.3f} | 1.0 |")
 
     def cost_only():  # the 3B cost matrices and their backward, which every backend pays on top of the DP
-        xg, yg = x.clone().requires_grad_(), y.clone().requires_grad_()
-        pairwise_sq_euclidean(torch.cat((xg, xg, yg)), torch.cat((yg, xg, yg))).sum().backward()
+        divergence_costs(x.clone().requires_grad_(), y.clone().requires_grad_()).sum().backward()
 
     print(f"| cost matmul fwd+bwd alone (fp32, tf32={torch.backends.cuda.matmul.allow_tf32}) | "
           f"{_cuda_ms(cost_only, args.repeats):.3f} | - |")
-    C = pairwise_sq_euclidean(torch.cat((x, x, y)), torch.cat((y, x, y))).contiguous()
+    C = divergence_costs(x, y).contiguous()
     n = torch.full((3 * B,), N, device="cuda")
     print("\n# DP kernels alone on the 3B stacked cost matrices (ms, median)")
     print("| num_warps | forward ms | backward ms |")
@@ -267,7 +266,7 @@ def _time_once(fn, x, y, xl, yl, gamma, device):
 
 def _breakdown(args, sizes, device) -> None:
     """Where ``ours`` spends its time: the 3B cost matrices (GEMM, forward + backward) vs the DP alone."""
-    from score_upstream.soft_dtw import _DivergenceCosts, soft_dtw_cost
+    from score_upstream.soft_dtw import soft_dtw_cost
 
     def timed(fn):
         fn()
@@ -296,9 +295,9 @@ def _breakdown(args, sizes, device) -> None:
         cells = int((n * m).sum())
 
         def gemm():
-            _DivergenceCosts.apply(x.clone().requires_grad_(), y.clone().requires_grad_()).sum().backward()
+            divergence_costs(x.clone().requires_grad_(), y.clone().requires_grad_()).sum().backward()
 
-        C = _DivergenceCosts.apply(x, y).contiguous()
+        C = divergence_costs(x, y).contiguous()
         fwd = timed(lambda: soft_dtw_cost(C, n, m, args.gamma))
         C.requires_grad_()
         both = timed(lambda: soft_dtw_cost(C, n, m, args.gamma).sum().backward())

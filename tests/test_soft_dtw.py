@@ -176,3 +176,19 @@ def test_bad_input_fails_with_a_clear_message(kwargs, match):
         soft_dtw_divergence(x, y, **kwargs)
     with pytest.raises(SoftDTWError, match="share batch size"):
         soft_dtw_divergence(x, y[:2])
+
+
+def test_divergence_costs_equal_three_pairwise_costs_with_the_same_gradients():
+    from score_upstream.soft_dtw import divergence_costs, pairwise_sq_euclidean
+
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 9, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(3, 9, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    G = torch.randn(9, 9, 9, generator=gen, dtype=torch.float64)  # not symmetric
+    got = divergence_costs(x, y)
+    want = torch.cat((pairwise_sq_euclidean(x, y), pairwise_sq_euclidean(x, x), pairwise_sq_euclidean(y, y)))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g_got = torch.autograd.grad((got * G).sum(), (x, y))
+    g_want = torch.autograd.grad((want * G).sum(), (x, y))
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
