@@ -118,11 +118,11 @@ def triton_self_check(kernels, device: torch.device, gamma: float = 0.1) -> tupl
     ref_grad = soft_dtw_torch.backward(state, n, m, gamma, grad_out, C.shape)
     worst = 0.0
     try:
+        Cd, nd, md = C.to(device=device, dtype=torch.float32), n.to(device), m.to(device)
+        gd = grad_out.to(device, torch.float32)
         for block in (None, 8):  # one chunk per diagonal, then up to 4
-            Cd = C.to(device=device, dtype=torch.float32)
-            nd, md = n.to(device), m.to(device)
             values, Q = kernels.forward(Cd, nd, md, gamma, block=block)
-            grad = kernels.backward(Cd, Q, nd, md, gamma, grad_out.to(device, torch.float32), block=block)
+            grad = kernels.backward(Cd, Q, nd, md, gamma, gd, block=block)
             values, grad = values.double().cpu(), grad.double().cpu()
             if not (torch.isfinite(values).all() and torch.isfinite(grad).all()):
                 return False, f"non-finite output (block={block})"
