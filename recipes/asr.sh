@@ -45,14 +45,10 @@ OPTIONS="stage stop_stage upstream ckpt librispeech expdir config device max_ste
 parse_options "$@"
 [ ${#ARGS[@]} -eq 0 ] || die "unexpected argument: ${ARGS[0]} (see --help)"
 
-py="$(score_python)"
-expdir="$(abspath "$expdir")"
+recipe_paths asr
 librispeech="$(abspath "$librispeech")"
-dir="$expdir/asr"
-STAGE_DIR="$dir"
 [ -n "$config" ] || config="$("$py" -c 'from score_upstream.superb import asset_path; print(asset_path("asr/config.yaml"))')"
 dict_path="$("$py" -c 'from score_upstream.superb import asset_path; print(asset_path("asr/char.dict"))')"
-[ -z "$ckpt" ] || ckpt="$(abspath "$ckpt")"
 
 stage_prepare() {
   require_dir "$librispeech" "LibriSpeech root (--librispeech)" "download LibriSpeech from OpenSLR 12 or generate one with score-synth"
@@ -72,16 +68,7 @@ stage_train() {
   local o="config.downstream_expert.datarc.libri_root='$librispeech'"
   o+=",,config.downstream_expert.datarc.bucket_file='$dir/data/len'"
   o+=",,config.downstream_expert.datarc.dict_path='$dict_path'"
-  if [ -n "$max_steps" ]; then
-    o+=",,config.runner.total_steps=$max_steps,,config.runner.eval_step=$max_steps,,config.runner.save_step=$max_steps"
-    o+=",,config.runner.log_step=$(( max_steps < 100 ? max_steps : 100 ))"
-  fi
-  o+=",,config.downstream_expert.datarc.num_workers=$num_workers"
-  [ -z "$batch_size" ] || o+=",,config.downstream_expert.datarc.batch_size=$batch_size"
-  [ -z "$overrides" ] || o+=",,$overrides"
-  run_logged "$dir/train.log" score-s3prl -m train -a -u "$upstream" -k "$ckpt" -d asr -c "$config" -p "$dir" \
-    --device "$device" -o "$o"
-  ls "$dir"/states-*.ckpt >/dev/null 2>&1 || die "training wrote no checkpoint in $dir; see $dir/train.log"
+  train_downstream asr "$config" datarc "$o"
 }
 
 # Best-on-dev checkpoint; the last one when dev never beat s3prl's initial best (a very short run).

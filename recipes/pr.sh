@@ -50,13 +50,9 @@ OPTIONS="stage stop_stage upstream ckpt librispeech lexicon expdir config device
 parse_options "$@"
 [ ${#ARGS[@]} -eq 0 ] || die "unexpected argument: ${ARGS[0]} (see --help)"
 
-py="$(score_python)"
-expdir="$(abspath "$expdir")"
+recipe_paths pr
 librispeech="$(abspath "$librispeech")"
-dir="$expdir/pr"
-STAGE_DIR="$dir"
 [ -n "$lexicon" ] || lexicon="$(dirname "$librispeech")/librispeech-lexicon.txt"
-[ -z "$ckpt" ] || ckpt="$(abspath "$ckpt")"
 lexicon_hint="get librispeech-lexicon.txt from OpenSLR 11 (https://www.openslr.org/11/) plus optional g2p lexicons (librispeech-lexicon-200k-g2p.txt, librispeech-lexicon-allothers-g2p.txt) and pass them with --lexicon"
 
 stage_prepare() {
@@ -77,17 +73,7 @@ stage_train() {
   require_ckpt "$ckpt"
   stage_done 1 || die "missing resolved config $dir/data/config.yaml (stage 1 did not finish): run with --stage 1"
   require_file "$dir/data/config.yaml" "resolved PR config of stage 1" "run with --stage 1"
-  local o="config.optimizer.lr=$lr"
-  if [ -n "$max_steps" ]; then
-    o+=",,config.runner.total_steps=$max_steps,,config.runner.eval_step=$max_steps,,config.runner.save_step=$max_steps"
-    o+=",,config.runner.log_step=$(( max_steps < 100 ? max_steps : 100 ))"
-  fi
-  o+=",,config.downstream_expert.corpus.num_workers=$num_workers"
-  [ -z "$batch_size" ] || o+=",,config.downstream_expert.corpus.batch_size=$batch_size"
-  [ -z "$overrides" ] || o+=",,$overrides"
-  run_logged "$dir/train.log" score-s3prl -m train -a -u "$upstream" -k "$ckpt" -d ctc -c "$dir/data/config.yaml" \
-    -p "$dir" --device "$device" -o "$o"
-  ls "$dir"/states-*.ckpt >/dev/null 2>&1 || die "training wrote no checkpoint in $dir; see $dir/train.log"
+  train_downstream ctc "$dir/data/config.yaml" corpus "config.optimizer.lr=$lr"
 }
 
 stage_test() {

@@ -43,12 +43,8 @@ parse_options "$@"
 [ ${#ARGS[@]} -eq 0 ] || die "unexpected argument: ${ARGS[0]} (see --help)"
 [[ "$layer" =~ ^(best|last|[0-9]+)$ ]] || die "--layer must be best, last or a layer index, got '$layer'"
 
-py="$(score_python)"
-expdir="$(abspath "$expdir")"
+recipe_paths qbe
 quesst_root="$(abspath "$quesst_root")"
-dir="$expdir/qbe"
-STAGE_DIR="$dir"
-[ -z "$ckpt" ] || ckpt="$(abspath "$ckpt")"
 protocol=best-dev-layer
 [ "$layer" = best ] || protocol=fixed-layer
 

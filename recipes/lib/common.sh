@@ -135,6 +135,35 @@ abspath() {
   esac
 }
 
+# recipe_paths TASK: what every SUPERB recipe derives from its options: py (the Python for
+# `python -m` calls), expdir and ckpt made absolute, and dir=EXPDIR/TASK, which also holds the stage
+# markers (STAGE_DIR).
+recipe_paths() {
+  py="$(score_python)"
+  expdir="$(abspath "$expdir")"
+  dir="$expdir/$1"
+  STAGE_DIR="$dir"
+  [ -z "$ckpt" ] || ckpt="$(abspath "$ckpt")"
+}
+
+# train_downstream DOWNSTREAM CONFIG SECTION OVERRIDES: score-s3prl -m train of $upstream/$ckpt into
+# $dir. After the recipe's own OVERRIDES come the options the ASR and PR recipes share: --max-steps
+# (total, eval and save steps; log every min(N, 100)), --num-workers and --batch-size under
+# config.downstream_expert.SECTION, and last the user's -o overrides. Stops when no checkpoint was written.
+train_downstream() {
+  local downstream="$1" config="$2" section="$3" o="$4"
+  if [ -n "$max_steps" ]; then
+    o+=",,config.runner.total_steps=$max_steps,,config.runner.eval_step=$max_steps,,config.runner.save_step=$max_steps"
+    o+=",,config.runner.log_step=$(( max_steps < 100 ? max_steps : 100 ))"
+  fi
+  o+=",,config.downstream_expert.$section.num_workers=$num_workers"
+  [ -z "$batch_size" ] || o+=",,config.downstream_expert.$section.batch_size=$batch_size"
+  [ -z "$overrides" ] || o+=",,$overrides"
+  run_logged "$dir/train.log" score-s3prl -m train -a -u "$upstream" -k "$ckpt" -d "$downstream" -c "$config" \
+    -p "$dir" --device "$device" -o "$o"
+  ls "$dir"/states-*.ckpt >/dev/null 2>&1 || die "training wrote no checkpoint in $dir; see $dir/train.log"
+}
+
 # resolve_device: turns device=auto into cuda or cpu (imports torch, so only stages that need it call it).
 resolve_device() {
   [ "${device:-auto}" != auto ] || device="$("$(score_python)" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')"
