@@ -75,7 +75,7 @@ evaluate_model() {
   # model.json as score-results reads it; kind from the name, else from the upstream
   "$(score_python)" - "$expdir/model.json" "$name" "$2" "$upstream" "$(abspath "$ckpt")" "$(abspath "$3")" <<'PY'
 import json, sys
-from score_upstream.checkpoint import atomic_write_bytes
+from score_upstream.atomic import atomic_write_bytes
 path, name, given, upstream, ckpt, source = sys.argv[1:]
 display = {"hubert": "HuBERT", "score": "SCORE", "spin": "SPIN"}
 kind = name.lower() if name.lower() in display else (
@@ -138,7 +138,7 @@ run_demo() {
   mkdir -p "$exproot"
   [ -f "$exproot/hubert_init.pt" ] || "$(score_python)" - "$exproot/hubert_init.pt" <<'PY'
 import sys
-from score_upstream.hubert import new_hubert, save_s3prl, tiny_model_cfg
+from score_upstream.models.hubert import new_hubert, save_s3prl, tiny_model_cfg
 save_s3prl(new_hubert(tiny_model_cfg(), seed=0), sys.argv[1])
 PY
   log "Stage 3: SCORE fine-tuning: recipes/score/tiny.yaml + $data -> $exproot/score/score_hubert.pt"

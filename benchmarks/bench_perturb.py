@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from score_upstream.perturb import log_mel_distance, pitch_shift, speed_perturb
+from score_upstream.augment.perturb import log_mel_distance, pitch_shift, speed_perturb
 
 
 def _timed(fn):

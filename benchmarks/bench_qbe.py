@@ -6,7 +6,7 @@ Run::
     python benchmarks/bench_qbe.py --queries 10 --docs 40 --s3prl-queries 2   # quick
     SCORE_QBE_BACKEND=torch python benchmarks/bench_qbe.py   # our torch-only path
 
-On CPU ours uses the compiled kernel of :mod:`score_upstream.kernels.qbe_cpu` when it builds (then the
+On CPU ours uses the compiled kernel of :mod:`score_upstream.qbe.cpu` when it builds (then the
 torch-only path is timed too, for comparison); the table names the backend of each row.
 
 Random features with realistic shapes (queries 30-100 frames, documents 100-500 frames). s3prl's path
@@ -27,8 +27,9 @@ import time
 
 import torch
 
-from score_upstream import qbe, quesst
-from score_upstream.stdlist import read_stdlist
+from score_upstream.qbe import search as qbe
+from score_upstream.qbe import quesst
+from score_upstream.qbe.stdlist import read_stdlist
 
 
 def _features(gen, count, lo, hi, dim):

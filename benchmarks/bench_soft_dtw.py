@@ -8,7 +8,7 @@ Run::
 Prints one table: seconds per fwd+bwd of the whole batch (median of ``--repeats``), and each method's
 time divided by ours. Methods:
 
-* ``ours``: :func:`score_upstream.soft_dtw.soft_dtw_divergence`, backend chosen by device (3B pairs in
+* ``ours``: :func:`score_upstream.sdtw.divergence.soft_dtw_divergence`, backend chosen by device (3B pairs in
   one DP, analytic backward).
 * ``ours-torch``: the same with the one-torch-step-per-anti-diagonal backend.
 * ``ref-recipe``: the reference recipe's way, re-implemented: batch 1 (forward and backward one pair at a
@@ -42,7 +42,7 @@ import time
 import numpy as np
 import torch
 
-from score_upstream.soft_dtw import divergence_costs, pairwise_sq_euclidean, resolve_backend, soft_dtw_divergence
+from score_upstream.sdtw.divergence import divergence_costs, pairwise_sq_euclidean, resolve_backend, soft_dtw_divergence
 
 try:
     import triton
@@ -199,7 +199,7 @@ def _cuda_ms(fn, repeats: int) -> float:
 
 def _step_us(pairs: int, L: int, repeats: int = 5) -> float:
     """Per-step latency (us) of the persistent-kernel loop for ``pairs`` programs and diagonals up to ``L``."""
-    from score_upstream.kernels.soft_dtw_triton import launch_config
+    from score_upstream.sdtw.triton_kernel import launch_config
 
     block, warps = launch_config(L, L)
     steps = 4000
@@ -211,7 +211,7 @@ def _step_us(pairs: int, L: int, repeats: int = 5) -> float:
 
 def _gpu_target_table(args) -> None:
     """The issue-6 GPU target: B=16, N=M=1000, D=args.dim, full lengths, fwd+bwd of the divergence."""
-    from score_upstream.kernels import soft_dtw_triton
+    from score_upstream.sdtw import triton_kernel as soft_dtw_triton
 
     B, N, D = 16, 1000, args.dim
     gen = torch.Generator().manual_seed(1)
@@ -266,7 +266,7 @@ def _time_once(fn, x, y, xl, yl, gamma, device):
 
 def _breakdown(args, sizes, device) -> None:
     """Where ``ours`` spends its time: the 3B cost matrices (GEMM, forward + backward) vs the DP alone."""
-    from score_upstream.soft_dtw import soft_dtw_cost
+    from score_upstream.sdtw.divergence import soft_dtw_cost
 
     def timed(fn):
         fn()

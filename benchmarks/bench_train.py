@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from score_upstream.config import load_config
-from score_upstream.soft_dtw import soft_dtw_divergence
-from score_upstream.train import Trainer
+from score_upstream.training.config import load_config
+from score_upstream.sdtw.divergence import soft_dtw_divergence
+from score_upstream.training.train import Trainer
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "score" / "tiny.yaml"
 
@@ -49,7 +49,7 @@ def torchaudio_pitch_shift():
     In-process only: use it with ``data.num_workers=0``."""
     import torchaudio
 
-    from score_upstream import perturb
+    from score_upstream.augment import perturb
 
     saved, cache = perturb._reference_shifter, {}
 
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         generate(tmp.name, seed=0, size="tiny")
         data = tmp.name
     if args.model == "random-base":
-        from score_upstream.hubert import base_model_cfg, new_hubert, save_s3prl
+        from score_upstream.models.hubert import base_model_cfg, new_hubert, save_s3prl
 
         tmp_model = tempfile.TemporaryDirectory()
         args.model = save_s3prl(new_hubert(base_model_cfg(), seed=0), Path(tmp_model.name) / "hubert_base_random.pt")

@@ -47,8 +47,8 @@ parse_options "$@"
 
 recipe_paths asr
 librispeech="$(abspath "$librispeech")"
-[ -n "$config" ] || config="$("$py" -c 'from score_upstream.superb import asset_path; print(asset_path("asr/config.yaml"))')"
-dict_path="$("$py" -c 'from score_upstream.superb import asset_path; print(asset_path("asr/char.dict"))')"
+[ -n "$config" ] || config="$("$py" -c 'from score_upstream.s3prl.superb import asset_path; print(asset_path("asr/config.yaml"))')"
+dict_path="$("$py" -c 'from score_upstream.s3prl.superb import asset_path; print(asset_path("asr/char.dict"))')"
 
 stage_prepare() {
   require_dir "$librispeech" "LibriSpeech root (--librispeech)" "download LibriSpeech from OpenSLR 12 or generate one with score-synth"
@@ -56,7 +56,7 @@ stage_prepare() {
   for split in train-clean-100 dev-clean test-clean; do
     require_dir "$librispeech/$split" "LibriSpeech split $split"
   done
-  "$py" -m score_upstream.superb.lengths --librispeech "$librispeech" --out "$dir/data/len" \
+  "$py" -m score_upstream.s3prl.superb.lengths --librispeech "$librispeech" --out "$dir/data/len" \
     --splits train-clean-100 dev-clean test-clean
 }
 

@@ -65,7 +65,7 @@ stage_prepare() {
   [ ${#lexicons[@]} -gt 0 ] || die "missing lexicon (--lexicon): $lexicon_hint"
   local args=(--librispeech "$librispeech" --lexicon "${lexicons[@]}" --out "$dir/data/config.yaml")
   [ -z "$config" ] || args+=(--config "$config")
-  "$py" -m score_upstream.superb.pr.prepare "${args[@]}" || exit 2  # it printed one error line
+  "$py" -m score_upstream.s3prl.superb.pr.prepare "${args[@]}" || exit 2  # it printed one error line
 }
 
 stage_train() {

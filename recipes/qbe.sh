@@ -52,11 +52,11 @@ protocol=best-dev-layer
 score_split() {
   local split="$1" gt="$quesst_root/scoring/groundtruth_quesst14_$1" d
   # score-twv's computation for all layers in one process (one interpreter start instead of 13)
-  "$py" -m score_upstream.superb.qbe.protocol score "$dir/$split" "$gt" | tee "$dir/$split/twv.log" \
+  "$py" -m score_upstream.s3prl.superb.qbe.protocol score "$dir/$split" "$gt" | tee "$dir/$split/twv.log" \
     || exit 2  # the scorer printed one error line
   if [ "$official" = true ] && [ -f "$quesst_root/scoring/score-TWV-Cnxe.sh" ]; then
     for d in "$dir/$split"/layer[0-9]*; do
-      "$py" -c 'import sys; from score_upstream.twv import run_official_scorer as r; print(r(sys.argv[1], sys.argv[2], sys.argv[3]))' \
+      "$py" -c 'import sys; from score_upstream.qbe.twv import run_official_scorer as r; print(r(sys.argv[1], sys.argv[2], sys.argv[3]))' \
         "$d" "$quesst_root/scoring" "groundtruth_quesst14_$split" > "$d/official.log" 2>&1 \
         || log "official scorer failed on $d (see $d/official.log); keeping score-twv's numbers"
     done
@@ -65,7 +65,7 @@ score_split() {
 
 stage_prepare() {
   require_dir "$quesst_root" "QUESST 2014 database (--quesst-root)" "the quesst14Database folder, or generate one with score-synth"
-  "$py" -m score_upstream.superb.qbe.prepare "$quesst_root" || exit 2  # it printed one error line
+  "$py" -m score_upstream.s3prl.superb.qbe.prepare "$quesst_root" || exit 2  # it printed one error line
 }
 
 stage_dev() {
@@ -75,14 +75,14 @@ stage_dev() {
   local layers="$layer"
   case "$layer" in
     best) layers=all ;;
-    last) layers="$("$py" -m score_upstream.superb.qbe.protocol last-layer "$ckpt")" \
+    last) layers="$("$py" -m score_upstream.s3prl.superb.qbe.protocol last-layer "$ckpt")" \
             || exit 2 ;;
   esac
   rm -rf "$dir/dev"
   run_logged "$dir/dev.log" score-qbe --upstream "$upstream" --ckpt "$ckpt" --quesst-root "$quesst_root" \
     --split dev --layers "$layers" --device "$device" --out "$dir/dev"
   score_split dev
-  "$py" -m score_upstream.superb.qbe.protocol select "$dir/dev" > "$dir/dev_layer.txt" \
+  "$py" -m score_upstream.s3prl.superb.qbe.protocol select "$dir/dev" > "$dir/dev_layer.txt" \
     || exit 2
 }
 
@@ -100,7 +100,7 @@ stage_eval() {
 stage_score() {
   stage_done 3 || die "missing eval search output in $dir/eval (stage 3 did not finish): rerun with --stage 3"
   score_split eval
-  "$py" -m score_upstream.superb.qbe.protocol report "$dir" --layer "$(cat "$dir/dev_layer.txt")" \
+  "$py" -m score_upstream.s3prl.superb.qbe.protocol report "$dir" --layer "$(cat "$dir/dev_layer.txt")" \
     --protocol "$protocol" --quesst-root "$quesst_root" || exit 2
 }
 

@@ -21,14 +21,14 @@ def register() -> None:
     Idempotent. After it, ``s3prl.hub.score_hubert`` / ``score_local`` exist and
     ``s3prl.nn.S3PRLUpstream("score_hubert", path_or_url=CKPT)`` works.
     """
-    from score_upstream.upstream.hubconf import register_upstreams
+    from score_upstream.s3prl.upstream.hubconf import register_upstreams
 
     register_upstreams()
 
 
 def __getattr__(name):
     if name == "soft_dtw_divergence":
-        from score_upstream.soft_dtw import soft_dtw_divergence
+        from score_upstream.sdtw.divergence import soft_dtw_divergence
 
         return soft_dtw_divergence
     raise AttributeError(f"module 'score_upstream' has no attribute {name!r}")

@@ -31,7 +31,7 @@ def tiny_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_hubert_ckpt(tmp_path_factory) -> Path:
     """A random tiny HuBERT (real architecture, 12 small layers) saved in s3prl's converted format."""
-    from score_upstream.hubert import new_hubert, save_s3prl, tiny_model_cfg
+    from score_upstream.models.hubert import new_hubert, save_s3prl, tiny_model_cfg
 
     path = tmp_path_factory.mktemp("hubert") / "tiny_hubert.pt"
     save_s3prl(new_hubert(tiny_model_cfg(), seed=0), path)

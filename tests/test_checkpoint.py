@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from score_upstream.checkpoint import atomic_save, atomic_write_bytes, prune_checkpoints
+from score_upstream.atomic import atomic_save, atomic_write_bytes, prune_checkpoints
 
 
 def test_atomic_files_get_the_umask_mode_and_leave_no_temp(tmp_path):

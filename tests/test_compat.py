@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from score_upstream import compat
+from score_upstream.s3prl import compat
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from score_upstream.config import ConfigError, TrainConfig, config_from_dict, config_to_dict, load_config
+from score_upstream.training.config import ConfigError, TrainConfig, config_from_dict, config_to_dict, load_config
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "score"
 

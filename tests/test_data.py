@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from score_upstream.data import (DataError, PairDataset, UpdateCollate, UpdateSampler, build_manifest,
+from score_upstream.training.data import (DataError, PairDataset, UpdateCollate, UpdateSampler, build_manifest,
                                  load_manifest, scan_librispeech, split_micro_batches, update_groups)
 
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from score_upstream.convert import main as convert_main
-from score_upstream.formats import CheckpointError, detect_format
-from score_upstream.formats.hf import parse_conv_layers
-from score_upstream.hubert import load_hubert, new_hubert, save_hf, save_s3prl, tiny_model_cfg, to_raw
+from score_upstream.models.convert import main as convert_main
+from score_upstream.models.formats import CheckpointError, detect_format
+from score_upstream.models.formats.hf import parse_conv_layers
+from score_upstream.models.hubert import load_hubert, new_hubert, save_hf, save_s3prl, tiny_model_cfg, to_raw
 
 
 def perturbed(bundle, seed=1):

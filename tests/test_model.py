@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from score_upstream.config import ConfigError, ModelConfig
-from score_upstream.hubert import new_hubert, tiny_model_cfg
-from score_upstream.model import ScoreModel, conv_layout, frame_lengths
+from score_upstream.training.config import ConfigError, ModelConfig
+from score_upstream.models.hubert import new_hubert, tiny_model_cfg
+from score_upstream.training.model import ScoreModel, conv_layout, frame_lengths
 
 LAYER_PARAMS = [
     "self_attn.k_proj.weight", "self_attn.k_proj.bias", "self_attn.v_proj.weight", "self_attn.v_proj.bias",

@@ -9,7 +9,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from score_upstream.perturb import (
+from score_upstream.augment.perturb import (
     MAX_DENOMINATOR,
     PerturbError,
     ScorePerturbation,
@@ -89,7 +89,7 @@ def harmonic_f0(x, lo=100.0, hi=250.0):
 @pytest.mark.parametrize("method", ["reference", "fast"])
 def test_a_harmonic_voice_moves_by_the_shift_ratio(method):
     # A 150 Hz voice with 23 harmonics and an abrupt onset: phase-vocoder phasiness changes its level
-    # (see score_upstream.perturb), never its pitch.
+    # (see score_upstream.augment.perturb), never its pitch.
     t = torch.arange(int(1.5 * SR)) / SR
     k = torch.arange(1, 24)
     voice = (torch.sin(2 * math.pi * 150.0 * k[:, None] * t[None]) / k[:, None].sqrt()).sum(0) * 0.05
@@ -190,7 +190,7 @@ def test_bad_settings_fail_with_a_clear_message(kwargs, match):
 def test_reference_pitch_equals_torchaudio_pitchshift_with_a_small_kernel(semitones):
     import torchaudio
 
-    from score_upstream import perturb
+    from score_upstream.augment import perturb
 
     gen = torch.Generator().manual_seed(4)
     wav = torch.cat([torch.randn(2, 9000, generator=gen) * 0.1, tones(seconds=9000 / SR).expand(2, -1)], -1)

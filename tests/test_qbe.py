@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from score_upstream import qbe, quesst, stdlist
-from score_upstream.kernels import qbe_cpu
+from score_upstream.qbe import search as qbe
+from score_upstream.qbe import quesst
+from score_upstream.qbe import stdlist
+from score_upstream.qbe import cpu as qbe_cpu
 
 BACKENDS = ["torch"] + (["cpp"] if qbe_cpu.load() is not None else [])
 needs_cpp = pytest.mark.skipif(qbe_cpu.load() is None, reason="no C++ compiler: the QbE CPU kernel cannot be built")

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 import yaml
 
-from score_upstream import phones
+from score_upstream.s3prl import phones
 from score_upstream.audio import write_audio
-from score_upstream.superb import SuperbAssetError, asset_path, install_s3prl_modules
-from score_upstream.superb.pr import libriphone
-from score_upstream.superb.pr.libriphone import LibriPhoneDataset, LibriPhoneError
-from score_upstream.superb.pr.prepare import main as pr_prepare_main
-from score_upstream.superb.qbe import protocol
-from score_upstream.superb.qbe.prepare import QuesstTreeError, check_tree
+from score_upstream.s3prl.superb import SuperbAssetError, asset_path, install_s3prl_modules
+from score_upstream.s3prl.superb.pr import libriphone
+from score_upstream.s3prl.superb.pr.libriphone import LibriPhoneDataset, LibriPhoneError
+from score_upstream.s3prl.superb.pr.prepare import main as pr_prepare_main
+from score_upstream.s3prl.superb.qbe import protocol
+from score_upstream.s3prl.superb.qbe.prepare import QuesstTreeError, check_tree
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -123,7 +123,7 @@ def test_install_s3prl_modules_is_idempotent_and_serves_ctc_import():
 
 def test_s3prl_ctc_builds_our_dataset(tmp_path):
     """s3prl's own ctc/data.py + text.py build the dataset from the resolved config; items batch."""
-    compat = pytest.importorskip("score_upstream.compat")
+    compat = pytest.importorskip("score_upstream.s3prl.compat")
     compat.apply()
     ls, lexicon = _mini_librispeech(tmp_path)
     out = tmp_path / "config.yaml"
@@ -343,7 +343,7 @@ def test_asr_recipe_stages(tiny_corpus, tiny_hubert_ckpt, tmp_path):
     assert (exp / "asr" / "data" / "len" / "train-clean-100.csv").is_file()
     result = json.loads((exp / "asr" / "result.json").read_text())
     assert result["metric"] == "wer" and result["value"] >= 0
-    from score_upstream.results import read_experiment
+    from score_upstream.report.results import read_experiment
 
     assert read_experiment(exp).wer == pytest.approx(result["value"])
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchaudio.functional as AF
 
-from score_upstream.resample import SincResampler
+from score_upstream.augment.resample import SincResampler
 
 
 F32, F64 = (torch.float32, 1e-6), (torch.float64, 1e-14)
@@ -40,7 +40,7 @@ def test_short_inputs_and_bad_arguments():
 def test_cuda_matches_cpu():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    from score_upstream.perturb import pitch_shift
+    from score_upstream.augment.perturb import pitch_shift
 
     x = torch.randn(3, 40000, generator=torch.Generator().manual_seed(0)) * 0.1
     cpu = SincResampler(17959, 16000)(x)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from score_upstream import results
+from score_upstream.report import results
 
 REPORTED = Path(__file__).resolve().parent.parent / "results" / "reported.csv"
 

@@ -8,8 +8,8 @@ import sys
 import pandas as pd
 import pytest
 
-from score_upstream.s3prl_cli import main
-from score_upstream.superb.lengths import main as lengths_main
+from score_upstream.s3prl.cli import main
+from score_upstream.s3prl.superb.lengths import main as lengths_main
 
 
 def one_line_error(capsys, *needles):
@@ -62,7 +62,7 @@ def test_asr_train_then_evaluate(tiny_corpus, tiny_hubert_ckpt, tmp_path):
         "config.downstream_expert.modelrc.RNNs.dim=[16,16]",
         "config.runner.total_steps=2", "config.runner.eval_step=2", "config.runner.save_step=2", "config.runner.log_step=1",
     ])
-    cmd = [sys.executable, "-m", "score_upstream.s3prl_cli"]
+    cmd = [sys.executable, "-m", "score_upstream.s3prl.cli"]
     train = subprocess.run(cmd + ["-m", "train", "-u", "score_hubert", "-k", str(tiny_hubert_ckpt), "-d", "asr",
                                   "-p", str(exp), "-o", overrides], capture_output=True, text=True, timeout=300)
     assert train.returncode == 0, train.stderr[-3000:]
@@ -80,7 +80,7 @@ def test_asr_resume(tiny_corpus, tiny_hubert_ckpt, tmp_path):
     """Resume (-e DIR) continues from the newest states-*.ckpt through the same registration."""
     test_asr_train_then_evaluate(tiny_corpus, tiny_hubert_ckpt, tmp_path)
     exp = tmp_path / "asr"
-    cmd = [sys.executable, "-m", "score_upstream.s3prl_cli", "-m", "train", "-e", str(exp),
+    cmd = [sys.executable, "-m", "score_upstream.s3prl.cli", "-m", "train", "-e", str(exp),
            "-o", "config.runner.total_steps=3,,config.runner.save_step=3,,config.runner.eval_step=100"]
     resume = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert resume.returncode == 0, resume.stderr[-3000:]
@@ -89,7 +89,7 @@ def test_asr_resume(tiny_corpus, tiny_hubert_ckpt, tmp_path):
 
 @pytest.mark.parametrize("downstream, folder", [("asr", "asr"), ("ctc", "pr"), ("quesst14_dtw", "qbe")])
 def test_packaged_config_is_the_default(downstream, folder, tiny_hubert_ckpt):
-    from score_upstream.s3prl_cli import prepare_argv
+    from score_upstream.s3prl.cli import prepare_argv
 
     argv = prepare_argv(["-m", "train", "-u", "score_hubert", "-k", str(tiny_hubert_ckpt), "-d", downstream])
     config = argv[argv.index("-c") + 1]

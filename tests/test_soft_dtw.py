@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from score_upstream.kernels import soft_dtw_cpu
+from score_upstream.sdtw import cpu as soft_dtw_cpu
 from sdtw_reference import naive_sdtw
-from score_upstream.soft_dtw import SoftDTWError, soft_dtw, soft_dtw_cost, soft_dtw_divergence
+from score_upstream.sdtw.divergence import SoftDTWError, soft_dtw, soft_dtw_cost, soft_dtw_divergence
 
 BACKENDS = ["torch"] + (["cpp"] if soft_dtw_cpu.load() is not None else [])
 
@@ -179,7 +179,7 @@ def test_bad_input_fails_with_a_clear_message(kwargs, match):
 
 
 def test_divergence_costs_equal_three_pairwise_costs_with_the_same_gradients():
-    from score_upstream.soft_dtw import divergence_costs, pairwise_sq_euclidean
+    from score_upstream.sdtw.divergence import divergence_costs, pairwise_sq_euclidean
 
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(3, 9, 5, generator=gen, dtype=torch.float64, requires_grad=True)

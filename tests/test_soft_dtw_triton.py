@@ -19,8 +19,8 @@ import textwrap
 import pytest
 import torch
 
-from score_upstream import soft_dtw as sd
-from score_upstream.kernels import soft_dtw_cpu
+from score_upstream.sdtw import divergence as sd
+from score_upstream.sdtw import cpu as soft_dtw_cpu
 from sdtw_reference import naive_sdtw
 
 OTHER_BACKENDS = ["torch"] + (["cpp"] if soft_dtw_cpu.load() is not None else [])
@@ -28,14 +28,14 @@ OTHER_BACKENDS = ["torch"] + (["cpp"] if soft_dtw_cpu.load() is not None else []
 
 @pytest.fixture(scope="module")
 def kernels():
-    """:mod:`score_upstream.kernels.soft_dtw_triton` built for the interpreter (skips if that is impossible).
+    """:mod:`score_upstream.sdtw.triton_kernel` built for the interpreter (skips if that is impossible).
 
     ``TRITON_INTERPRET=1`` stays set while this module's tests run (triton reads it again when it imports
     its own submodules lazily) and is restored afterwards.
     """
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed")
-    name = "score_upstream.kernels.soft_dtw_triton"
+    name = "score_upstream.sdtw.triton_kernel"
     old = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     try:
@@ -195,7 +195,7 @@ def test_auto_uses_the_kernel_only_after_it_passes(kernels, monkeypatch, caplog)
     assert sd._triton_checked(kernels, cpu)
     faulty = _Faulty(kernels, "race")
     monkeypatch.setattr(sd, "_triton_state", {"module": faulty})
-    with caplog.at_level("WARNING", logger="score_upstream.soft_dtw"):
+    with caplog.at_level("WARNING", logger="score_upstream.sdtw.divergence"):
         assert not sd._triton_checked(faulty, cpu)
         assert not sd._triton_checked(faulty, cpu)  # checked once per device, then cached
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -208,7 +208,7 @@ def test_auto_uses_the_kernel_only_after_it_passes(kernels, monkeypatch, caplog)
 _GPU_SCRIPT = textwrap.dedent(
     """
     import torch
-    from score_upstream import soft_dtw as sd
+    from score_upstream.sdtw import divergence as sd
     ok, message = sd.triton_self_check(sd._triton_kernels(), torch.device("cuda"))
     assert ok, message
     assert sd.resolve_backend(torch.device("cuda")) == "triton", sd.resolve_backend(torch.device("cuda"))

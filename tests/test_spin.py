@@ -9,9 +9,9 @@ import types
 import pytest
 import torch
 
-from score_upstream.formats import CheckpointError, Probe, pickle_strings, write_s3prl
-from score_upstream.formats import spin
-from score_upstream.hubert import load_hubert, new_hubert, save_s3prl, tiny_model_cfg
+from score_upstream.models.formats import CheckpointError, Probe, pickle_strings, write_s3prl
+from score_upstream.models.formats import spin
+from score_upstream.models.hubert import load_hubert, new_hubert, save_s3prl, tiny_model_cfg
 
 
 class FakeAttributeDict(dict):
@@ -145,7 +145,7 @@ def test_unsafe_globals_are_refused(tmp_path):
 
 
 def test_score_convert_cli_with_base(spin_ckpt, tmp_path, capsys):
-    from score_upstream.convert import main
+    from score_upstream.models.convert import main
 
     path, base_path, trained = spin_ckpt
     out = tmp_path / "via_cli.pt"

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from score_upstream import phones
+from score_upstream.s3prl import phones
 from score_upstream.synth import generate
 from score_upstream.synth.espeak import synthesize, trim_silence
 from score_upstream.synth.lexicon import UnmappablePhoneme, tokens_to_arpabet
@@ -157,7 +157,7 @@ def test_transcripts_match_audio(tiny_corpus):
 
 def _char_dict(path: Path) -> Path:
     try:
-        from score_upstream.superb import asset_path
+        from score_upstream.s3prl.superb import asset_path
 
         shipped = asset_path("asr/char.dict")
         if shipped.is_file():
@@ -171,7 +171,7 @@ def _char_dict(path: Path) -> Path:
 
 def _bucket_files(libri: Path, out: Path) -> Path:
     try:
-        from score_upstream.superb.lengths import write_lengths
+        from score_upstream.s3prl.superb.lengths import write_lengths
 
         write_lengths(libri, out, list(SPLITS))
         return out
@@ -190,8 +190,8 @@ def _audio_io_stand_in(monkeypatch) -> bool:
     """s3prl 0.4.18 reads audio through torchaudio functions torchaudio 2.11 lacks; the project's compat
     layer fixes that. Use it when it exists, otherwise patch soundfile-based equivalents for this test
     (returns True then)."""
-    if _has("score_upstream.compat"):
-        from score_upstream import compat
+    if _has("score_upstream.s3prl.compat"):
+        from score_upstream.s3prl import compat
 
         compat.apply()
         return False
@@ -237,12 +237,12 @@ def test_s3prl_asr_dataset_reads_librispeech(tiny_corpus, tmp_path, monkeypatch)
     assert dictionary.unk() not in labels[0].tolist()
 
 
-@pytest.mark.skipif(not _has("score_upstream.superb.pr.libriphone"), reason="PR corpus module not present")
+@pytest.mark.skipif(not _has("score_upstream.s3prl.superb.pr.libriphone"), reason="PR corpus module not present")
 def test_pr_corpus_reads_librispeech_with_lexicon(tiny_corpus, monkeypatch):
     _audio_io_stand_in(monkeypatch)
     from s3prl.downstream.ctc.text import load_text_encoder
 
-    from score_upstream.superb.pr.libriphone import LibriPhoneDataset
+    from score_upstream.s3prl.superb.pr.libriphone import LibriPhoneDataset
 
     vocab = Path(phones.__file__).parent / "superb" / "pr" / "phones.txt"
     tokenizer = load_text_encoder("word", str(vocab))

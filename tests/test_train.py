@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import score_upstream.train as T
-from score_upstream.checkpoint import atomic_save
-from score_upstream.hubert import load_hubert
+import score_upstream.training.train as T
+from score_upstream.atomic import atomic_save
+from score_upstream.models.hubert import load_hubert
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "score" / "tiny.yaml"
 NO_DROPOUT = ("model.tiny_overrides={dropout: 0.0, attention_dropout: 0.0, activation_dropout: 0.0, "
@@ -45,7 +45,7 @@ def test_tiny_run_lowers_loss_and_writes_loadable_model(tiny_corpus, tmp_path):
     raw = torch.load(final, map_location="cpu", weights_only=True)
     assert raw["score"]["steps"] == 10 and raw["score"]["config"]["optim"]["total_steps"] == 10
     bundle = load_hubert(final)
-    from score_upstream.hubert import new_hubert, tiny_model_cfg
+    from score_upstream.models.hubert import new_hubert, tiny_model_cfg
 
     init = new_hubert(tiny_model_cfg(), seed=0).model.state_dict()
     trained = bundle.model.state_dict()
@@ -105,7 +105,7 @@ def test_two_process_gloo_matches_one_process(tiny_corpus, tmp_path):
     a, b = _trainable(tmp_path / "ddp" / "score_hubert.pt"), _trainable(tmp_path / "one" / "score_hubert.pt")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
-    from score_upstream.hubert import new_hubert, tiny_model_cfg
+    from score_upstream.models.hubert import new_hubert, tiny_model_cfg
 
     start = new_hubert(tiny_model_cfg(), seed=0).model.state_dict()
     moved = sum(not torch.equal(start[k], a[k]) for k in a)
@@ -127,7 +127,7 @@ def test_nonfinite_loss_skips_then_aborts(tiny_corpus, tmp_path, caplog):
     calls = {"n": 0}
 
     def flaky(x, y, xl, yl, gamma, normalize):
-        from score_upstream.soft_dtw import soft_dtw_divergence
+        from score_upstream.sdtw.divergence import soft_dtw_divergence
 
         calls["n"] += 1
         d = soft_dtw_divergence(x, y, xl, yl, gamma=gamma, normalize=normalize)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from score_upstream import twv
+from score_upstream.qbe import twv
 
 BETA = (1 - 0.0741289) / 0.0741289  # 12.4900153...
 

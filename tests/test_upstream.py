@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from score_upstream.hubert import load_hubert, new_hubert, save_hf, save_s3prl, tiny_model_cfg, tiny_task_cfg
+from score_upstream.models.hubert import load_hubert, new_hubert, save_hf, save_s3prl, tiny_model_cfg, tiny_task_cfg
 
 ATOL = 1e-4
 LENGTHS = (16000, 11200, 7437)  # one second, and two shorter utterances padded in the same batch
@@ -104,8 +104,8 @@ def test_same_hidden_states_as_transformers(ckpts, wavs):
     """
     from transformers import HubertModel
 
-    from score_upstream.formats.hf import parse_conv_layers
-    from score_upstream.upstream.expert import UpstreamExpert
+    from score_upstream.models.formats.hf import parse_conv_layers
+    from score_upstream.s3prl.upstream.expert import UpstreamExpert
 
     s3prl_path, hf_dir = ckpts
     ours = UpstreamExpert(str(s3prl_path)).eval()
@@ -150,7 +150,7 @@ def test_s3prl_upstream_by_name(registered, ckpts, wavs):
 
 
 def test_missing_checkpoint_is_one_line(registered, tmp_path):
-    from score_upstream.formats import CheckpointError
+    from score_upstream.models.formats import CheckpointError
 
     with pytest.raises(CheckpointError, match=r"missing\.pt: checkpoint not found"):
         registered.score_hubert(ckpt=str(tmp_path / "missing.pt"))

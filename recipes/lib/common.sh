@@ -197,8 +197,8 @@ run_logged() {
 score_log() {
   "$(score_python)" - "$@" <<'PY' || die "missing '$2' result in $1: the test stage did not finish; rerun with --stage 3"
 import json, sys
-from score_upstream.checkpoint import atomic_write_bytes
-from score_upstream.results import parse_s3prl_log
+from score_upstream.atomic import atomic_write_bytes
+from score_upstream.report.results import parse_s3prl_log
 log, key, out = sys.argv[1:]
 value = parse_s3prl_log(log, key)
 if value is None:

@@ -24,7 +24,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from score_upstream.phones import write_lexicon
+from score_upstream.s3prl.phones import write_lexicon
 from score_upstream.synth.espeak import SynthError, espeak_binary
 from score_upstream.synth.lexicon import build_lexicon
 from score_upstream.synth.librispeech import plan_librispeech, write_librispeech

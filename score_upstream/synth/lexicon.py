@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from score_upstream.phones import ARPABET_VOWELS, check_pronunciation
+from score_upstream.s3prl.phones import ARPABET_VOWELS, check_pronunciation
 from score_upstream.synth.espeak import phonemize_words
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Views for training: speed and pitch perturbation and the sparse sinc resampler behind them."""

@@ -1,0 +1,105 @@
+"""Build a C++ source string into a cached shared library and load it through :mod:`ctypes`.
+
+Used by the CPU kernels (:mod:`score_upstream.sdtw.cpu`, :mod:`score_upstream.qbe.cpu`)::
+
+    lib = load_library("qbe_cpu", SOURCE, declare=_declare, no_build_env="SCORE_QBE_NO_BUILD")
+    if lib is None:
+        ...  # fall back to torch
+
+The source is compiled on first use with the system C++ compiler (``$CXX``, else ``c++``/``g++``; no
+torch headers, so a build takes about a second) into ``$SCORE_KERNEL_CACHE`` (default
+``~/.cache/score_upstream/kernels``), named by a hash of the source, the flags, the compiler and the CPU
+model, so an edit or another machine never loads a stale library. The build writes into a temporary
+folder and renames the result into place, so concurrent builders never load a half-written file. Any
+failure (no compiler, compile error, unloadable library) is logged once and gives ``None``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable
+
+logger = logging.getLogger(__name__)
+
+FLAGS = ("-O3", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c++17")
+_lock = threading.Lock()
+_loaded: dict[str, ctypes.CDLL | None] = {}
+
+
+def cpu_tag() -> str:
+    """A short hash of this CPU's feature flags (the library is built with ``-march=native``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return hashlib.sha256(line.encode()).hexdigest()[:12]
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_dir() -> Path:
+    """Folder of the built libraries: ``$SCORE_KERNEL_CACHE`` or ``~/.cache/score_upstream/kernels``."""
+    return Path(os.environ.get("SCORE_KERNEL_CACHE", Path.home() / ".cache" / "score_upstream" / "kernels"))
+
+
+def _compile(compiler: str, source: str, name: str, target: Path, flags: list[str]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src = Path(tmp) / f"{name}.cpp"
+        src.write_text(source)
+        out = Path(tmp) / target.name
+        subprocess.run([compiler, *flags, str(src), "-o", str(out)], check=True, capture_output=True, text=True)
+        os.replace(out, target)
+
+
+def load_library(
+    name: str,
+    source: str,
+    declare: Callable[[ctypes.CDLL], None] | None = None,
+    no_build_env: str | None = None,
+) -> ctypes.CDLL | None:
+    """Build (once per source, cached on disk) and load ``source``; ``None`` when that is impossible.
+
+    Args:
+        name: library stem, e.g. ``"qbe_cpu"`` (the file is ``<name>_<hash>.so``); one load per process.
+        source: C++ source with ``extern "C"`` entry points.
+        declare: sets ``argtypes``/``restype`` of the entry points on the loaded library.
+        no_build_env: environment variable that, set to ``1``, disables the library (``None`` returned).
+    """
+    with _lock:
+        if name in _loaded:
+            return _loaded[name]
+        _loaded[name] = None
+        if no_build_env and os.environ.get(no_build_env) == "1":
+            return None
+        compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+        if compiler is None:
+            logger.warning("no C++ compiler found (set CXX); %s falls back to its slower torch path", name)
+            return None
+        flags = list(FLAGS)
+        if platform.machine() in ("x86_64", "AMD64"):
+            flags.append("-march=native")
+        key = hashlib.sha256((source + " ".join(flags) + compiler + cpu_tag()).encode()).hexdigest()[:16]
+        target = cache_dir() / f"{name}_{key}.so"
+        try:
+            if not target.exists():
+                logger.info("building the %s kernel into %s", name, target)
+                _compile(compiler, source, name, target, flags)
+            lib = ctypes.CDLL(str(target))
+            if declare is not None:
+                declare(lib)
+        except (OSError, AttributeError, subprocess.CalledProcessError) as e:
+            detail = getattr(e, "stderr", "") or str(e)
+            logger.warning("%s kernel build failed (%s); using the torch path", name, detail.strip()[:500])
+            return None
+        _loaded[name] = lib
+        return lib

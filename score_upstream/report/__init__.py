@@ -1,0 +1,1 @@
+"""Result tables and plots from finished experiments."""

@@ -1,0 +1,419 @@
+"""SUPERB result tables: what the runs wrote, next to what papers reported, with relative improvements.
+
+Run it as::
+
+    score-results exp/hubert exp/score exp/spin --out results/
+    score-results exp/demo/* --out results/demo --banner "DEMO numbers on synthetic speech" --no-reported
+
+Writes ``OUT/superb.csv``, ``OUT/superb.md`` and ``OUT/superb.png`` (relative improvements vs HuBERT).
+
+Each ``EXPDIR`` is one model's experiment root, as ``recipes/{asr,pr,qbe}.sh`` and ``run_superb.sh`` lay it out::
+
+    EXPDIR/model.json            {"name": "SCORE", "upstream": "score_hubert", "ckpt": "exp/score/score_hubert.pt",
+                                  "kind": "score"}          # kind: hubert | score | spin | other
+    EXPDIR/asr/test-clean.log    stdout of `score-s3prl -m evaluate -t test-clean` (s3prl asr expert):
+                                     test-clean loss: 0.1021
+                                     test-clean uer: 1.9012
+                                     test-clean wer: 6.4213                    <- WER, already in %
+                                 (+ s3prl's test-clean-noLM-hyp.ark / -ref.ark, used as a cross-check)
+    EXPDIR/pr/test.log           stdout of `score-s3prl -m evaluate -t test` (s3prl ctc expert, libriphone):
+                                     test loss: 0.2210
+                                     test per: 0.0541                          <- PER as a fraction
+                                 (+ test-hyp.ark / test-ref.ark)
+    EXPDIR/qbe/qbe_result.json   {"layer": 12, "dev_mtwv": 0.081, "eval_mtwv": 0.0736,
+                                  "protocol": "best-dev-layer" | "fixed-layer",
+                                  "scope": "english-only" | "all-queries"}
+                                 (the recipe's spellings "superb-best-dev" and "english"/"all-languages"
+                                 are read too)
+
+The last matching line of a log wins. A missing file, line or field makes that cell ``missing``; nothing
+is ever estimated. ``model.json`` absent: the folder name is the model name and its kind is ``other``.
+
+Published numbers come from ``results/reported.csv`` (``--reported``), one row per (model, source), with
+absolute metrics and/or the relative figures a paper quotes. Relative improvement (SPEC §2):
+``(base - new) / base`` for WER and PER, ``(new - base) / base`` for MTWV, in %; reproduced rows are
+compared with the reproduced HuBERT (kind ``hubert``) and SPIN (kind ``spin``) rows only, reported rows
+with the reported HuBERT row only, and MTWVs only when their protocol and scope agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import io
+import json
+import logging
+import math
+import re
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+MISSING = "missing"
+NOT_REPORTED = "not reported"
+NA = "n/a"
+KINDS = ("hubert", "score", "spin", "other")
+METRICS = ("wer", "per", "mtwv")
+TASK_OF = {"wer": "ASR", "per": "PR", "mtwv": "QbE"}
+LOWER_IS_BETTER = {"wer": True, "per": True, "mtwv": False}
+PROTOCOLS = {"best-dev-layer": "best-dev-layer", "superb-best-dev": "best-dev-layer", "fixed-layer": "fixed-layer"}
+SCOPES = {"english-only": "english-only", "english": "english-only", "all-queries": "all-queries",
+          "all-languages": "all-queries"}
+_LINE = re.compile(r"^\s*(?P<split>[\w.-]+) (?P<key>\w+): (?P<value>[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf))\s*$")
+
+
+class ResultsError(ValueError):
+    """Bad ``score-results`` input (an experiment folder or the reported table)."""
+
+
+@dataclass
+class ModelResult:
+    """One table row. Metrics in % for WER/PER, raw MTWV; ``None`` = missing / not reported."""
+
+    name: str
+    kind: str = "other"
+    source: str = "reproduced"
+    wer: float | None = None
+    per: float | None = None
+    mtwv: float | None = None
+    qbe_layer: int | None = None
+    qbe_protocol: str | None = None
+    qbe_scope: str | None = None
+    reported_rel: dict[str, float] = field(default_factory=dict)  # metric -> % vs HuBERT, as a paper states it
+    citation: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_s3prl_log(path: str | Path, key: str, splits: tuple[str, ...] = ("test-clean", "test")) -> float | None:
+    """Last value printed as ``<split> <key>: <value>`` (s3prl's ``log_records``) for a test split, or None."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    value = None
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():  # also splits tqdm's \r
+        m = _LINE.match(line)
+        if m and m["key"] == key and m["split"] in splits:
+            value = float(m["value"])
+    return value if value is not None and math.isfinite(value) else None
+
+
+def error_rate_from_arks(hyp: Path, ref: Path, whitespace_split: bool = True) -> float | None:
+    """Error rate in % from s3prl's ``<utt> <text>`` hyp/ref ark files (None if either is absent).
+
+    ``whitespace_split=False`` reproduces the ctc expert's ``text.split(' ')`` token count.
+    """
+    import editdistance
+
+    if not (hyp.is_file() and ref.is_file()):
+        return None
+
+    def read(p: Path) -> dict[str, str]:
+        return dict((line.split(" ", 1) + [""])[:2] for line in p.read_text().split("\n") if line)
+
+    hyps, refs = read(hyp), read(ref)
+    split = str.split if whitespace_split else (lambda s: s.split(" "))
+    errors = sum(editdistance.eval(split(hyps.get(u, "")), split(r)) for u, r in refs.items())
+    total = sum(len(split(r)) for r in refs.values())
+    return 100.0 * errors / total if total else None
+
+
+def _cross_check(row: ModelResult, metric: str, value: float, arks: float | None) -> None:
+    if arks is not None and abs(arks - value) > 1e-3 * max(1.0, abs(value)):
+        row.notes.append(f"{metric.upper()} {value:.2f} in the log but {arks:.2f} from the hyp/ref arks")
+        logger.warning("%s: %s", row.name, row.notes[-1])
+
+
+def read_qbe_result(path: Path) -> dict | None:
+    """``qbe_result.json`` validated and normalised, or None (with a warning) if absent or malformed."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        out = {
+            "layer": int(data["layer"]),
+            "eval_mtwv": float(data["eval_mtwv"]),
+            "dev_mtwv": None if data.get("dev_mtwv") is None else float(data["dev_mtwv"]),
+            "protocol": PROTOCOLS[data["protocol"]],
+            "scope": SCOPES[data["scope"]],
+        }
+    except (ValueError, KeyError, TypeError) as e:
+        logger.warning("%s: unreadable (%s: %s); QbE marked missing", path, type(e).__name__, e)
+        return None
+    return out if math.isfinite(out["eval_mtwv"]) else None
+
+
+def read_experiment(expdir: str | Path) -> ModelResult:
+    """Collect one model's WER, PER and MTWV from ``expdir`` (layout in the module docstring)."""
+    expdir = Path(expdir)
+    if not expdir.is_dir():
+        raise ResultsError(f"{expdir}: experiment folder not found; expected EXPDIR with model.json, asr/, pr/, qbe/")
+    meta: dict = {}
+    if (expdir / "model.json").is_file():
+        try:
+            meta = json.loads((expdir / "model.json").read_text())
+        except ValueError as e:
+            raise ResultsError(f"{expdir / 'model.json'}: not JSON ({e}); expected {{\"name\", \"upstream\", \"ckpt\", \"kind\"}}") from None
+        if not isinstance(meta, dict) or meta.get("kind", "other") not in KINDS:
+            raise ResultsError(f"{expdir / 'model.json'}: kind {meta.get('kind') if isinstance(meta, dict) else meta!r}, expected one of {KINDS}")
+    else:
+        logger.warning("%s: no model.json; naming the row %r, kind 'other'", expdir, expdir.name)
+    row = ModelResult(name=str(meta.get("name") or expdir.name), kind=meta.get("kind", "other"))
+    row.citation = " ".join(str(meta[k]) for k in ("upstream", "ckpt") if meta.get(k))
+
+    row.wer = parse_s3prl_log(expdir / "asr" / "test-clean.log", "wer")
+    if row.wer is not None:
+        _cross_check(row, "wer", row.wer, error_rate_from_arks(
+            expdir / "asr" / "test-clean-noLM-hyp.ark", expdir / "asr" / "test-clean-noLM-ref.ark"))
+    per = parse_s3prl_log(expdir / "pr" / "test.log", "per")
+    row.per = None if per is None else 100.0 * per
+    if row.per is not None:
+        _cross_check(row, "per", row.per, error_rate_from_arks(
+            expdir / "pr" / "test-hyp.ark", expdir / "pr" / "test-ref.ark", whitespace_split=False))
+    qbe = read_qbe_result(expdir / "qbe" / "qbe_result.json")
+    if qbe:
+        row.mtwv, row.qbe_layer = qbe["eval_mtwv"], qbe["layer"]
+        row.qbe_protocol, row.qbe_scope = qbe["protocol"], qbe["scope"]
+    for metric, what in (("wer", "asr/test-clean.log"), ("per", "pr/test.log"), ("mtwv", "qbe/qbe_result.json")):
+        if getattr(row, metric) is None:
+            logger.warning("%s: no %s result in %s; marked missing", expdir, TASK_OF[metric], expdir / what)
+    return row
+
+
+def read_reported(path: str | Path) -> list[ModelResult]:
+    """Rows of ``reported.csv``: name, kind, wer, per, mtwv, rel_{asr,pr,qbe}_vs_hubert, qbe_protocol, qbe_scope, source."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ResultsError(f"{path}: cannot read the reported-numbers table ({e.strerror})") from None
+    reader = csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#"))
+    need = {"name", "kind", "wer", "per", "mtwv", "rel_asr_vs_hubert", "rel_pr_vs_hubert", "rel_qbe_vs_hubert", "source"}
+    if not reader.fieldnames or not need <= set(reader.fieldnames):
+        raise ResultsError(f"{path}: columns {reader.fieldnames}, expected at least {sorted(need)}")
+    rows = []
+    for number, rec in enumerate(reader, 2):
+        try:
+            num = {k: float(rec[k]) if rec[k] and rec[k].strip() else None for k in need - {"name", "kind", "source"}}
+        except ValueError as e:
+            raise ResultsError(f"{path}: line {number}: {e}; expected numbers or empty cells") from None
+        if rec["kind"] not in KINDS or not rec["source"]:
+            raise ResultsError(f"{path}: line {number}: kind {rec['kind']!r} (expected {KINDS}) and a non-empty source")
+        rel = {m: num[f"rel_{TASK_OF[m].lower()}_vs_hubert"] for m in METRICS}
+        rows.append(ModelResult(
+            name=rec["name"], kind=rec["kind"], source="reported", wer=num["wer"], per=num["per"], mtwv=num["mtwv"],
+            qbe_protocol=PROTOCOLS.get(rec.get("qbe_protocol") or "", None), qbe_scope=SCOPES.get(rec.get("qbe_scope") or "", None),
+            reported_rel={m: v for m, v in rel.items() if v is not None}, citation=rec["source"],
+        ))
+    return rows
+
+
+def relative_improvement(metric: str, new: float | None, base: float | None) -> float | None:
+    """SPEC §2 relative improvement in %: positive = better. None when a value is missing or base is 0."""
+    if new is None or base is None or base == 0:
+        return None
+    gain = (base - new) if LOWER_IS_BETTER[metric] else (new - base)
+    return 100.0 * gain / base
+
+
+def _baseline(rows: list[ModelResult], kind: str) -> ModelResult | None:
+    found = [r for r in rows if r.kind == kind and (r.wer, r.per, r.mtwv) != (None, None, None)]
+    if len(found) > 1:
+        logger.warning("several %s rows (%s); the first is the baseline", kind, ", ".join(r.name for r in found))
+    return found[0] if found else None
+
+
+def compare(row: ModelResult, base: ModelResult | None, metric: str, kind: str = "hubert") -> float | str:
+    """Relative improvement of ``row`` over ``base`` (the ``kind`` baseline) for ``metric``, or why there is none.
+
+    A paper's own relative figure vs HuBERT (``reported_rel``) is quoted as it stands.
+    """
+    if kind == "hubert" and metric in row.reported_rel:
+        return row.reported_rel[metric]
+    if base is None:
+        return NA
+    if getattr(row, metric) is None or getattr(base, metric) is None:
+        return MISSING if row.source == "reproduced" else NOT_REPORTED
+    if metric == "mtwv" and (row.qbe_protocol, row.qbe_scope) != (base.qbe_protocol, base.qbe_scope):
+        return "n/a (QbE protocol/scope differ)"
+    value = relative_improvement(metric, getattr(row, metric), getattr(base, metric))
+    return NA if value is None else value
+
+
+def build_table(rows: list[ModelResult]) -> list[dict]:
+    """Plain records, one per row: metrics and relative improvements vs HuBERT and SPIN of its own source."""
+    table = []
+    for source in ("reproduced", "reported"):
+        group = [r for r in rows if r.source == source]
+        bases = {"hubert": _baseline(group, "hubert"), "spin": _baseline(group, "spin")}
+        for row in group:
+            empty = MISSING if source == "reproduced" else NOT_REPORTED
+            rec = {"model": row.name, "kind": row.kind, "source": source}
+            for metric in METRICS:
+                rec[metric] = empty if getattr(row, metric) is None else getattr(row, metric)
+            rec["qbe_layer"] = row.qbe_layer if row.qbe_layer is not None else (empty if source == "reproduced" else NA)
+            rec["qbe_protocol"] = row.qbe_protocol or NA
+            rec["qbe_scope"] = row.qbe_scope or NA
+            for kind, base in bases.items():
+                for metric in METRICS:
+                    rec[f"rel_{TASK_OF[metric].lower()}_vs_{kind}"] = compare(row, base, metric, kind)
+            rec["citation"] = row.citation
+            rec["notes"] = "; ".join(row.notes)
+            table.append(rec)
+    return table
+
+
+def provenance(argv: list[str] | None = None) -> dict[str, str]:
+    """What made a table: command, UTC time, package versions and the git commit of this checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(pkg: str) -> str:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return "not installed"
+
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = (commit + ("-dirty" if dirty else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {
+        "command": " ".join(["score-results", *(argv if argv is not None else sys.argv[1:])]),
+        "time_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "versions": f"torch {ver('torch')}, s3prl {ver('s3prl')}, score-upstream {ver('score-upstream')}",
+        "git_commit": commit,
+    }
+
+
+def _cell(value, digits: int, percent: bool = False) -> str:
+    if isinstance(value, str) or value is None:
+        return value or NA
+    return f"{value:+.{digits}f}%" if percent else f"{value:.{digits}f}"
+
+
+def write_csv(table: list[dict], path: Path, header: list[str]) -> Path:
+    """CSV with ``#`` comment lines on top (read with ``pandas.read_csv(path, comment="#")``)."""
+    from score_upstream.atomic import atomic_write_bytes
+
+    buf = io.StringIO()
+    buf.write("".join(f"# {h}\n" for h in header))
+    writer = csv.DictWriter(buf, fieldnames=list(table[0]) if table else ["model"], lineterminator="\n")
+    writer.writeheader()
+    for rec in table:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in rec.items()})
+    return atomic_write_bytes(buf.getvalue().encode(), path)
+
+
+def markdown(table: list[dict], header: list[str], title: str) -> str:
+    """Two markdown tables (reproduced, reported); vs-SPIN columns only where a SPIN row exists."""
+    out = [f"# {title}", "", *(f"> {h}  " for h in header), ""]
+    for source, heading in (("reproduced", "Reproduced by this project"), ("reported", "Reported by papers")):
+        rows = [r for r in table if r["source"] == source]
+        if not rows:
+            continue
+        kinds = ["hubert"] + (["spin"] if any(r["kind"] == "spin" for r in rows) else [])
+        cols = ["Model", "Kind", "WER % (ASR)", "PER % (PR)", "MTWV (QbE)", "QbE layer"]
+        cols += [f"{TASK_OF[m]} vs {'HuBERT' if k == 'hubert' else 'SPIN'}" for k in kinds for m in METRICS]
+        cols += ["Source" if source == "reported" else "Checkpoint"]
+        out += [f"## {heading}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for r in rows:
+            cells = [r["model"], r["kind"], _cell(r["wer"], 2), _cell(r["per"], 2), _cell(r["mtwv"], 4), str(r["qbe_layer"])]
+            cells += [_cell(r[f"rel_{TASK_OF[m].lower()}_vs_{k}"], 2, True) for k in kinds for m in METRICS]
+            cells += [r["citation"] or NA]
+            out.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+        notes = [f"{r['model']}: {r['notes']}" for r in rows if r["notes"]]
+        scopes = sorted({f"{r['qbe_protocol']} / {r['qbe_scope']}" for r in rows if r["qbe_protocol"] != NA})
+        out += [""] + ([f"QbE protocol / scope: {', '.join(scopes)}.", ""] if scopes else []) + [f"- {n}" for n in notes]
+        out += [""] if notes else []
+    out += ["Relative improvement: (base - new) / base for WER and PER, (new - base) / base for MTWV; "
+            "positive = better. Reproduced rows are compared with reproduced baselines only.", ""]
+    return "\n".join(out)
+
+
+def plot(table: list[dict], path: Path, title: str) -> Path:
+    """Grouped bars of the relative improvements vs HuBERT (%), one group per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [
+        (f"{r['model']} ({r['source']})", [r[f"rel_{TASK_OF[m].lower()}_vs_hubert"] for m in METRICS])
+        for r in table
+        if r["kind"] != "hubert" and any(isinstance(r[f"rel_{TASK_OF[m].lower()}_vs_hubert"], float) for m in METRICS)
+    ]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    width = 0.8 / max(1, len(series))
+    for i, (label, values) in enumerate(series):
+        xs = [t + (i - (len(series) - 1) / 2) * width for t in range(len(METRICS))]
+        ys = [v if isinstance(v, float) else 0.0 for v in values]
+        bars = ax.bar(xs, ys, width, label=label)
+        for bar, v in zip(bars, values):
+            ax.annotate(f"{v:+.2f}%" if isinstance(v, float) else str(v), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom" if bar.get_height() >= 0 else "top", fontsize=7)
+    if not series:
+        ax.text(0.5, 0.5, "no relative improvement available (missing runs or baseline)", ha="center", transform=ax.transAxes)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(METRICS)), [f"{TASK_OF[m]} ({m.upper()})" for m in METRICS])
+    ax.set_ylabel("relative improvement vs HuBERT (%)")
+    ax.set_title(textwrap.fill(title, 90), fontsize=9)
+    ax.margins(y=0.15)  # room for the value labels above and below the bars
+    if series:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``score-results EXPDIR... --out DIR [--reported CSV | --no-reported] [--title T] [--banner B]``."""
+    parser = argparse.ArgumentParser(prog="score-results", description="SUPERB ASR/PR/QbE tables from experiment folders.")
+    parser.add_argument("expdirs", nargs="*", help="one experiment root per model (see the module docstring)")
+    parser.add_argument("--out", default="results", help="output folder (superb.csv, superb.md, superb.png)")
+    parser.add_argument("--reported", default=None, help="published numbers (default: results/reported.csv if present)")
+    parser.add_argument("--no-reported", action="store_true", help="leave the published numbers out")
+    parser.add_argument("--title", default="SUPERB: SCORE vs HuBERT vs SPIN", help="table and plot title")
+    parser.add_argument("--banner", default="", help="warning line on top of every output, e.g. for demo numbers")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        rows = [read_experiment(d) for d in args.expdirs]
+        if not args.no_reported:
+            reported = Path(args.reported or "results/reported.csv")
+            if reported.is_file() or args.reported:
+                rows += read_reported(reported)
+            else:
+                logger.warning("%s not found; table without published numbers", reported)
+        if not rows:
+            raise ResultsError("nothing to tabulate: give EXPDIRs and/or a reported table")
+        info = provenance(argv)
+        header = ([f"{args.banner}"] if args.banner else []) + [
+            f"Generated by `{info['command']}` at {info['time_utc']} UTC; do not edit by hand.",
+            f"Versions: {info['versions']}; git commit {info['git_commit']}.",
+        ]
+        title = f"{args.title} ({args.banner})" if args.banner else args.title
+        table = build_table(rows)
+        out = Path(args.out)
+        write_csv(table, out / "superb.csv", header)
+        from score_upstream.atomic import atomic_write_bytes
+
+        atomic_write_bytes(markdown(table, header, title).encode(), out / "superb.md")
+        plot(table, out / "superb.png", title)
+    except ResultsError as e:
+        print(f"score-results: error: {e}", file=sys.stderr)
+        return 2
+    print((out / "superb.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
