@@ -167,9 +167,13 @@ class ScoreModel(nn.Module):
         return F.normalize(self.head(x), dim=-1)
 
     def forward(self, student_wav, student_lengths, target_wav, target_lengths):
-        """Returns ``(s, s_frames, t, t_frames)``: s (B, N, H) with grad, t (B, M, H) without grad."""
+        """Returns ``(s, s_frames, t, t_frames)``: s (B, N, H) and t (B, M, H), both projected by the head.
+
+        The target's features are computed without gradient, but the shared head is applied to them with
+        gradient, as in the authors' code (their connector sits outside ``no_grad``): the head learns from
+        both branches, the target network from neither.
+        """
         s, s_frames = self.encode(self.student, student_wav, student_lengths)
         with torch.no_grad():
             t, t_frames = self.encode(self.target, target_wav, target_lengths)
-            t = self.project(t)
-        return self.project(s), s_frames, t, t_frames
+        return self.project(s), s_frames, self.project(t.detach()), t_frames
