@@ -97,7 +97,7 @@ class TrainConfig:
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"  # the paper's fp32; bf16 (or auto: bf16 on GPU) on request
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     log_every: int = 10
     save_every: int = 500  # training-state checkpoint every N updates (and at the end)
@@ -106,6 +106,9 @@ class TrainConfig:
     resume: Literal["false", "true", "auto"] = "false"  # true: must find a checkpoint; auto: if present
     save_hf: bool = False  # also write a transformers directory next to score_hubert.pt
     progress: bool = True  # tqdm bar on the leader
+
+    def validate(self) -> None:
+        validate(self)
 
 
 def _type_name(tp: Any) -> str:
@@ -263,13 +266,18 @@ def validate(cfg: TrainConfig) -> None:
          "expected auto, cpu, cuda or cuda:N")
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
+                schema: type = TrainConfig) -> Any:
     """Defaults <- YAML file <- ``key=value`` overrides, type-checked and validated.
+
+    Args:
+        schema: the config dataclass (``TrainConfig``, or another with a ``validate()`` method, e.g.
+            ``score_upstream.pretrain.config.PretrainConfig``).
 
     Raises:
         ConfigError: missing/unreadable YAML, unknown key, wrong type or out-of-range value.
     """
-    cfg = TrainConfig()
+    cfg = schema()
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -281,8 +289,26 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         _apply(cfg, data)
     for item in overrides:
         _set_dotted(cfg, *parse_override(item))
-    validate(cfg)
+    cfg.validate()
     return cfg
+
+
+def config_changes(old: dict, new: dict, ignore: tuple[str, ...] = (), prefix: str = "") -> dict[str, tuple]:
+    """Dotted keys whose values differ between two :func:`config_to_dict` results: ``{key: (old, new)}``.
+
+    ``ignore`` lists dotted keys (or sections) that may differ, e.g. how long a run goes on.
+    """
+    out: dict[str, tuple] = {}
+    for k in sorted(set(old) | set(new)):
+        key = f"{prefix}{k}"
+        if key in ignore:
+            continue
+        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(config_changes(a, b, ignore, key + "."))
+        elif a != b:
+            out[key] = (a, b)
+    return out
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:
@@ -294,5 +320,5 @@ def config_from_dict(data: dict) -> TrainConfig:
     """Inverse of :func:`config_to_dict`, with the same checks as a YAML file."""
     cfg = TrainConfig()
     _apply(cfg, data)
-    validate(cfg)
+    cfg.validate()
     return cfg
