@@ -34,6 +34,8 @@ __all__ = [
     "build_model",
     "load_hubert",
     "new_hubert",
+    "cluster_symbols",
+    "small_model_cfg",
     "save_hf",
     "save_s3prl",
     "tiny_model_cfg",
@@ -43,6 +45,7 @@ __all__ = [
 
 # Seven conv blocks with HuBERT Base's kernels/strides (5*2*2*2*2*2*2 = 320), narrow channels.
 TINY_CONV_LAYERS = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
+SMALL_CONV_LAYERS = "[(128,10,5)] + [(128,3,2)] * 4 + [(128,2,2)] * 2"
 BASE_CONV_LAYERS = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
 
 
@@ -142,6 +145,21 @@ def base_model_cfg(**overrides: Any) -> dict:
     return cfg
 
 
+def small_model_cfg(**overrides: Any) -> dict:
+    """A small HuBERT worth pre-training on CPU (3.1M parameters): 6 layers, 192-dim, FFN 768, 4 heads,
+    128-channel conv front-end with Base's kernels/strides, 32-tap positional conv in 8 groups,
+    64-dim projection. Pre-training settings that let it learn from a few hours of speech (SPEC §5):
+    mask_prob 0.65 and feature_grad_mult 1.0.
+    """
+    cfg = tiny_model_cfg(
+        encoder_layers=6, encoder_embed_dim=192, encoder_ffn_embed_dim=768, encoder_attention_heads=4,
+        conv_feature_layers=SMALL_CONV_LAYERS, conv_pos=32, conv_pos_groups=8, final_dim=64,
+        mask_prob=0.65, feature_grad_mult=1.0,
+    )
+    cfg.update(overrides)
+    return cfg
+
+
 def tiny_task_cfg(**overrides: Any) -> dict:
     """The ``task_cfg`` HuBERT Base was pre-trained with (16 kHz, no waveform normalisation, 50 Hz labels)."""
     cfg = {
@@ -159,7 +177,8 @@ def tiny_task_cfg(**overrides: Any) -> dict:
     return cfg
 
 
-def _tiny_symbols(num_clusters: int = 8) -> list[list[str]]:
+def cluster_symbols(num_clusters: int = 8) -> list[list[str]]:
+    """A fairseq label dictionary for ``num_clusters`` k-means units: 4 specials, then ``"0"`` ... (index = unit + 4)."""
     return [["<s>", "<pad>", "</s>", "<unk>"] + [str(i) for i in range(num_clusters)]]
 
 
@@ -191,7 +210,7 @@ def new_hubert(model_cfg: dict, task_cfg: dict | None = None, seed: int = 0, sym
     here so the caller's random state is left untouched.
     """
     task_cfg = dict(task_cfg) if task_cfg is not None else tiny_task_cfg(label_rate=model_cfg.get("label_rate", 50.0))
-    symbols = symbols if symbols is not None else _tiny_symbols()
+    symbols = symbols if symbols is not None else cluster_symbols()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(model_cfg, task_cfg, symbols)

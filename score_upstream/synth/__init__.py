@@ -33,7 +33,7 @@ from score_upstream.synth.render import render_all
 from score_upstream.synth.text import load_vocabulary
 from score_upstream.synth.voices import draw_speakers
 
-__all__ = ["SIZES", "SynthCorpus", "SynthError", "SynthSize", "generate"]
+__all__ = ["SIZES", "SynthCorpus", "SynthError", "SynthSize", "corpus_voices", "generate"]
 
 logger = logging.getLogger(__name__)
 MANIFEST_VERSION = 1
@@ -70,6 +70,9 @@ SIZES: dict[str, SynthSize] = {
     "small": SynthSize((6, 3, 3), (12, 6, 6), (1, 2), (10, 10), (2, 3), 30, 4, 3),
     # the demo: ~13 min of training speech, 40 queries
     "demo": SynthSize((10, 4, 4), (16, 8, 8), (1, 2), (20, 20), (2, 4), 60, 6, 4),
+    # HuBERT pre-training: ~3.7 h from 60 speakers (use --disjoint-from to keep the demo's voices out);
+    # the QbE part is a token one
+    "pretrain": SynthSize((60, 4, 1), (45, 10, 2), (1, 2), (1, 1), (1, 1), 1, 1, 1),
 }
 
 
@@ -98,8 +101,20 @@ def _corpus(root: Path, manifest: dict) -> SynthCorpus:
     )
 
 
+def corpus_voices(seed: int, size: str) -> set[str]:
+    """The espeak-ng voices (e.g. ``"en-gb+f2"``) that :func:`generate` gives a ``(seed, size)`` corpus.
+
+    Replays the speaker draw only (the first use of the corpus's generator); nothing is synthesised.
+    """
+    if size not in SIZES:
+        raise SynthError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
+    spec = SIZES[size]
+    n = sum(spec.speakers) + spec.doc_voices + spec.query_voices
+    return {s.voice for s in draw_speakers(n, random.Random(seed))}
+
+
 def generate(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny", jobs: int | None = None,
-             overwrite: bool = False) -> SynthCorpus:
+             overwrite: bool = False, disjoint_from: list[tuple[str, int]] | tuple = ()) -> SynthCorpus:
     """Generate the LibriSpeech-layout corpus, its lexicon and the QUESST-layout corpus under ``out_dir``.
 
     Args:
@@ -108,6 +123,8 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny", jobs
         size: a key of :data:`SIZES`.
         jobs: parallel espeak-ng processes (default: CPU count); never changes the output.
         overwrite: replace a corpus made with other settings; without it that is an error.
+        disjoint_from: ``(size, seed)`` corpora whose voices this one must not use (e.g. the demo's, so a
+            model pre-trained on this corpus never heard the demo's speakers or queries).
 
     Returns:
         the :class:`SynthCorpus`. A corpus already complete with the same seed and size is reused.
@@ -122,7 +139,8 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny", jobs
     manifest_path = root / "synth_manifest.json"
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if (old.get("version"), old.get("seed"), old.get("size")) == (MANIFEST_VERSION, seed, size):
+        if (old.get("version"), old.get("seed"), old.get("size"), old.get("disjoint_from", [])) == (
+                MANIFEST_VERSION, seed, size, [list(d) for d in disjoint_from]):
             logger.info("%s already holds the %s corpus for seed %d; reusing it", root, size, seed)
             return _corpus(root, old)
     targets = [root / "LibriSpeech", root / "quesst14Database", root / "librispeech-lexicon.txt", manifest_path]
@@ -142,7 +160,11 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny", jobs
     if dropped:
         vocab = vocab.restricted({w.lower() for w in lexicon})
     n_ls = sum(spec.speakers)
-    speakers = draw_speakers(n_ls + spec.doc_voices + spec.query_voices, rng)
+    exclude = set().union(*(corpus_voices(s_seed, s_size) for s_size, s_seed in disjoint_from))
+    try:
+        speakers = draw_speakers(n_ls + spec.doc_voices + spec.query_voices, rng, frozenset(exclude))
+    except ValueError as e:
+        raise SynthError(f"size {size!r}: {e}") from None
     splits = ("train-clean-100", "dev-clean", "test-clean")
     by_split, start = {}, 0
     for split, n in zip(splits, spec.speakers):
@@ -173,7 +195,7 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny", jobs
     hours["queries"] = round(sum(a.duration for a in q_audio) / 3600, 5)
     manifest = {
         "version": MANIFEST_VERSION, "seed": seed, "size": size, "spec": asdict(spec), "counts": counts,
-        "hours": hours, "voices": sorted(s.name for s in speakers), "librispeech": ls_records, "quesst": qbe_records,
+        "hours": hours, "voices": sorted(s.name for s in speakers), "disjoint_from": [list(d) for d in disjoint_from], "librispeech": ls_records, "quesst": qbe_records,
     }
     # written last: its presence marks a complete corpus
     manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")

@@ -4,6 +4,7 @@ Usage::
 
     score-synth --out data/synth --size tiny            # seconds; what the tests use
     score-synth --out data/demo --size demo --seed 0 --jobs 2
+    score-synth --out data/pretrain --size pretrain --seed 1 --disjoint-from demo:0   # no demo voice
 
 Needs the ``espeak-ng`` program (``apt-get install espeak-ng``). Exit status 2 with a one-line message
 on any error (espeak-ng missing, unknown size, output directory holding another corpus).
@@ -26,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="tiny", choices=sorted(SIZES), help="corpus size (default tiny)")
     p.add_argument("--jobs", type=int, default=None, help="parallel espeak-ng processes (default: CPU count)")
     p.add_argument("--overwrite", action="store_true", help="replace a corpus made with another seed/size")
+    p.add_argument("--disjoint-from", action="append", default=[], metavar="SIZE:SEED",
+                   help="use none of the voices of that corpus (repeatable), e.g. demo:0")
     return p
 
 
@@ -36,9 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs is not None and args.jobs < 1:
         print(f"score-synth: error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
         return 2
+    disjoint = []
+    for spec in args.disjoint_from:
+        size, _, seed = spec.partition(":")
+        if size not in SIZES or not seed.lstrip("-").isdigit():
+            print(f"score-synth: error: --disjoint-from {spec!r}: expected SIZE:SEED with SIZE in {sorted(SIZES)}",
+                  file=sys.stderr)
+            return 2
+        disjoint.append((size, int(seed)))
     t0 = time.perf_counter()
     try:
-        corpus = generate(args.out, seed=args.seed, size=args.size, jobs=args.jobs, overwrite=args.overwrite)
+        corpus = generate(args.out, seed=args.seed, size=args.size, jobs=args.jobs, overwrite=args.overwrite,
+                          disjoint_from=disjoint)
     except (SynthError, OSError) as e:
         print(f"score-synth: error: {e}", file=sys.stderr)
         return 2

@@ -48,16 +48,20 @@ def all_voices() -> list[tuple[str, str]]:
     return pairs
 
 
-def draw_speakers(n: int, rng: random.Random) -> list[Speaker]:
+def draw_speakers(n: int, rng: random.Random, exclude: frozenset[str] | set[str] = frozenset()) -> list[Speaker]:
     """``n`` speakers with pairwise distinct voices, alternating sexes where possible.
+
+    Args:
+        exclude: ``voice`` strings (e.g. ``"en-gb+f2"``) not to use, e.g. those of another corpus.
 
     Raises:
         ValueError: more speakers requested than distinct voices exist.
     """
-    males = [p for p in all_voices() if p[1] == "M"]
-    females = [p for p in all_voices() if p[1] == "F"]
+    males = [p for p in all_voices() if p[1] == "M" and p[0] not in exclude]
+    females = [p for p in all_voices() if p[1] == "F" and p[0] not in exclude]
     if n > len(males) + len(females):
-        raise ValueError(f"{n} speakers requested but only {len(males) + len(females)} distinct voices exist")
+        raise ValueError(f"{n} speakers requested but only {len(males) + len(females)} distinct voices exist"
+                         + (f" outside the {len(exclude)} excluded" if exclude else ""))
     rng.shuffle(males)
     rng.shuffle(females)
     speakers = []
