@@ -85,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workers = args.workers or os.cpu_count()
         t_sub, xml = _timed(lambda: quesst.run_s3prl_expert(queries[:sub], docs, qnames[:sub], dnames, tmp, workers))
-        theirs = read_stdlist(xml)
+        theirs = read_stdlist(xml).as_dict()
     t_s3prl = t_sub * len(queries) / sub
     how = "measured" if sub == len(queries) else f"extrapolated from {sub} queries ({t_sub:.1f} s)"
     rows.append(("s3prl quesst14_dtw (dtw-python per pair)", f"{workers} processes", t_s3prl, how))

@@ -191,7 +191,7 @@ def test_stdlist_matches_s3prl_expert_output(tmp_path):
     dnames = [f"quesst14_{k:05d}" for k in range(1, 7)]
     s3prl_xml = quesst.run_s3prl_expert(queries, docs, qnames, dnames, tmp_path / "s3prl", max_workers=1)
     ours_xml = stdlist.write_stdlist(tmp_path / "ours" / "benchmark.stdlist.xml", qnames, dnames, qbe.qbe_scores(queries, docs), [len(q) for q in queries])
-    theirs, ours = stdlist.read_stdlist(s3prl_xml), stdlist.read_stdlist(ours_xml)
+    theirs, ours = stdlist.read_stdlist(s3prl_xml).as_dict(), stdlist.read_stdlist(ours_xml).as_dict()
     assert list(ours) == [qnames[-1], *qnames[:-1]]  # short queries first, as s3prl writes them
     assert set(theirs) == set(ours)
     for q in theirs:
@@ -214,11 +214,11 @@ def test_stdlist_matches_s3prl_expert_output(tmp_path):
 
 def test_stdlist_edge_cases(tmp_path):
     path = stdlist.write_stdlist(tmp_path / "x.xml", ["a&b"], ["d\"1"], torch.tensor([[2.5]]))
-    assert stdlist.read_stdlist(path) == {"a&b": {'d"1': (2.5, "YES")}}
+    assert stdlist.read_stdlist(path).as_dict() == {"a&b": {'d"1': (2.5, "YES")}}
     with pytest.raises(stdlist.StdlistError, match="shape"):
         stdlist.write_stdlist(tmp_path / "y.xml", ["a"], ["d", "e"], torch.zeros(1, 3))
     with pytest.raises(stdlist.StdlistError, match="missing.xml: cannot read"):
-        stdlist.read_stdlist(tmp_path / "missing.xml")
+        stdlist.read_stdlist(tmp_path / "missing.xml").as_dict()
 
 
 def test_qbe_scores_errors():
@@ -236,7 +236,7 @@ def test_cli_features_file(tmp_path, capsys):
     data["queries"], data["docs"] = _features(gen, 2, 5, 9, 6), _features(gen, 3, 5, 15, 6)
     torch.save(data, tmp_path / "feats.pt")
     assert quesst.main(["--features", str(tmp_path / "feats.pt"), "--out", str(tmp_path / "out")]) == 0
-    got = stdlist.read_stdlist(tmp_path / "out" / "benchmark.stdlist.xml")
+    got = stdlist.read_stdlist(tmp_path / "out" / "benchmark.stdlist.xml").as_dict()
     ref = quesst.s3prl_qbe_scores(data["queries"], data["docs"])
     table = torch.tensor([[got[q][d][0] for d in data["doc_names"]] for q in data["query_names"]], dtype=torch.float64)
     assert (table - ref).abs().max() <= 1e-4 + 1e-9  # the XML holds 4 decimals
@@ -252,10 +252,10 @@ def test_end_to_end_on_synthetic_quesst(tiny_corpus, tiny_hubert_ckpt, tmp_path)
     ours_args = ["--layers", "0,12", "--out", str(tmp_path / "ours"), "--batch-docs", "3", "--batch-queries", "2"]
     assert quesst.main([*common, *ours_args]) == 0
     assert quesst.main([*common, "--layers", "12", "--out", str(tmp_path / "s3prl"), "--impl", "s3prl", "--workers", "1"]) == 0
-    assert stdlist.read_stdlist(tmp_path / "ours" / "layer0" / "benchmark.stdlist.xml")
+    assert stdlist.read_stdlist(tmp_path / "ours" / "layer0" / "benchmark.stdlist.xml").as_dict()
     for layer in (12,):
-        ours = stdlist.read_stdlist(tmp_path / "ours" / f"layer{layer}" / "benchmark.stdlist.xml")
-        theirs = stdlist.read_stdlist(tmp_path / "s3prl" / f"layer{layer}" / "benchmark.stdlist.xml")
+        ours = stdlist.read_stdlist(tmp_path / "ours" / f"layer{layer}" / "benchmark.stdlist.xml").as_dict()
+        theirs = stdlist.read_stdlist(tmp_path / "s3prl" / f"layer{layer}" / "benchmark.stdlist.xml").as_dict()
         assert len(theirs) >= 2 and set(ours) == set(theirs)
         for q, docs in theirs.items():
             assert len(docs) >= 2 and set(ours[q]) == set(docs)

@@ -152,6 +152,39 @@ def test_missing_pairs_score_minus_ten(tmp_path):
     assert twv.score_twv(run, gt, default_score=-30.0).max_twv == pytest.approx(0.0, abs=1e-12)
 
 
+def _write_lines(path: Path, terms: dict[str, list[tuple[str, float, bool]]]) -> Path:
+    """A stdlist whose <detected_termlist> blocks may repeat a query or a document (what a dict cannot hold)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ['<stdlist termlist_filename="x" indexing_time="1.00" language="english" index_size="1" system_id="b">']
+    for q, items in terms:
+        lines.append(f'  <detected_termlist termid="{q}" term_search_time="1.0" oov_term_count="1">')
+        lines += [f'    <term file="{d}" channel="1" tbeg="0.000" dur="0.00" score="{s}" decision="{"YES" if y else "NO"}"/>' for d, s, y in items]
+        lines.append("  </detected_termlist>")
+    path.write_text("\n".join([*lines, "</stdlist>"]) + "\n")
+    return path
+
+
+def test_repeated_trial_identical_counts_once_and_conflicting_is_refused(tmp_path, capsys):
+    from score_upstream.qbe import stdlist
+
+    gt = write_groundtruth(tmp_path / "gt", ["q1"], ["a", "b"], [("q1", "a")])
+    # the same trial twice, identically, once in a second block of the same query: one trial
+    same = _write_lines(tmp_path / "same" / "benchmark.stdlist.xml", [("q1", [("a", 0.5, False), ("b", 0.1, False)]), ("q1", [("a", 0.5, False)])])
+    trials = stdlist.read_stdlist(same)
+    assert trials.as_dict() == {"q1": {"a": (0.5, "NO"), "b": (0.1, "NO")}} and len(trials.scores) == 2
+    system = twv.read_stdlist(same, twv.read_ground_truth(gt))
+    assert (system.n_given, system.n_missing, system.n_ignored) == (2, 0, 0)
+    # different scores (or decisions) for one trial: the official scorer's choice is unknown, so refuse
+    for second in [("a", 0.9, False), ("a", 0.5, True)]:
+        clash = _write_lines(tmp_path / "clash" / "benchmark.stdlist.xml", [("q1", [("a", 0.5, False), ("b", 0.1, False), second])])
+        with pytest.raises(stdlist.StdlistError, match=r"\(q1, a\) is listed 2 times with different values"):
+            stdlist.read_stdlist(clash)
+        with pytest.raises(twv.TWVError, match="expected one score per"):
+            twv.read_stdlist(clash, twv.read_ground_truth(gt))
+    assert twv.main([str(clash.parent), str(gt)]) == 2
+    assert "(q1, a)" in capsys.readouterr().err
+
+
 def test_empty_system_scores_zero(tmp_path):
     gt = write_groundtruth(tmp_path / "gt", ["q1", "q2"], ["a", "b", "c"], [("q1", "a"), ("q2", "c")])
     run = write_stdlist(tmp_path / "run", {})

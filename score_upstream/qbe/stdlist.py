@@ -1,7 +1,8 @@
 """The NIST STD system-output file QbE runs write and TWV scoring reads: ``benchmark.stdlist.xml``.
 
-One writer (byte for byte what s3prl's ``quesst14_dtw`` expert writes) and one streaming reader, used by
-:mod:`score_upstream.qbe.search` and :mod:`score_upstream.qbe.twv`. Example::
+One writer (byte for byte what s3prl's ``quesst14_dtw`` expert writes) and one reader (:func:`read_stdlist`,
+over the streaming parser :func:`iter_stdlist`), used by :mod:`score_upstream.qbe.quesst` and
+:mod:`score_upstream.qbe.twv`. Example::
 
     <stdlist termlist_filename="benchmark.stdlist.xml" indexing_time="1.00" language="english" ...>
       <detected_termlist termid="quesst14_dev_0001" term_search_time="1.0" oov_term_count="1">
@@ -15,10 +16,13 @@ from __future__ import annotations
 import math
 import os
 import xml.etree.ElementTree as ET
+from array import array
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 from xml.sax.saxutils import escape
 
+import numpy as np
 import torch
 
 from score_upstream.atomic import atomic_write_bytes
@@ -71,12 +75,72 @@ def write_stdlist(path, query_names: Sequence[str], doc_names: Sequence[str], sc
     return path
 
 
-def read_stdlist(path) -> dict[str, dict[str, tuple[float, str]]]:
-    """Parse a ``benchmark.stdlist.xml`` into {query: {document: (score, decision)}} (later entries win)."""
-    out: dict[str, dict[str, tuple[float, str]]] = {}
+@dataclass(frozen=True)
+class Trials:
+    """The distinct (query, document) trials of a stdlist, in file order (first appearance).
+
+    ``queries`` and ``documents`` list the names in order of first appearance; trial t is query
+    ``queries[query_index[t]]`` against document ``documents[doc_index[t]]`` with ``scores[t]`` and
+    ``decisions[t]`` (True = YES). All four arrays are (T,).
+    """
+
+    queries: list[str]
+    documents: list[str]
+    query_index: np.ndarray
+    doc_index: np.ndarray
+    scores: np.ndarray
+    decisions: np.ndarray
+
+    def as_dict(self) -> dict[str, dict[str, tuple[float, str]]]:
+        """{query: {document: (score, "YES" | "NO")}}, queries and documents in file order."""
+        out: dict[str, dict[str, tuple[float, str]]] = {}
+        for qi, di, score, yes in zip(self.query_index.tolist(), self.doc_index.tolist(), self.scores.tolist(), self.decisions.tolist()):
+            out.setdefault(self.queries[qi], {})[self.documents[di]] = (score, "YES" if yes else "NO")
+        return out
+
+
+def read_stdlist(path: str | os.PathLike) -> Trials:
+    """Read every trial of a ``.stdlist.xml`` (see :func:`iter_stdlist`); the one reader of system output.
+
+    A (query, document) pair listed more than once: identical repeats (same score and decision) count
+    as one trial; repeats that disagree are an error. Why not "the later entry wins" or "the highest
+    score wins": the official QUESST 2014 scorer (``MediaEvalQUESST2014.jar``, run by
+    ``score-TWV-Cnxe.sh``) ships compiled inside the database, and we found no public copy of its source
+    and no document that says which of two entries it keeps. What its documentation does say (the
+    scoring README of the QUESST 2015 database, same tool family): "systems are expected to produce a
+    complete set of detections (i.e. they produce a score for each trial)", and its log line
+    ``Scores: 5327190 (495 model x 10762 test)  given: 5327190  default(null): 0`` counts one score per
+    (query, document) cell. A repeated trial is outside that contract, and any rule picked here could
+    differ from the official tool without a trace, so a disagreeing repeat stops the scoring instead.
+    s3prl's expert and :func:`write_stdlist` never repeat a trial.
+
+    Raises:
+        StdlistError: as :func:`iter_stdlist`, or a trial repeated with a different score or decision
+            (naming the pair and both values).
+    """
+    q_names: dict[str, int] = {}
+    d_names: dict[str, int] = {}
+    qi, di, scores, yes = array("q"), array("q"), array("d"), array("b")
     for termid, file, score, is_yes in iter_stdlist(path):
-        out.setdefault(termid, {})[file] = (score, "YES" if is_yes else "NO")
-    return out
+        qi.append(q_names.setdefault(termid, len(q_names)))
+        di.append(d_names.setdefault(file, len(d_names)))
+        scores.append(score)
+        yes.append(is_yes)
+    qi_a, di_a = np.asarray(qi, dtype=np.int64), np.asarray(di, dtype=np.int64)
+    scores_a, yes_a = np.asarray(scores, dtype=np.float64), np.asarray(yes, dtype=bool)
+    key = qi_a * max(len(d_names), 1) + di_a
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    repeat = np.flatnonzero((scores_a != scores_a[first[inverse]]) | (yes_a != yes_a[first[inverse]]))
+    if repeat.size:
+        t, f = int(repeat[0]), int(first[inverse[repeat[0]]])
+        queries, documents = list(q_names), list(d_names)
+        raise StdlistError(
+            f"{path}: trial ({queries[qi_a[t]]}, {documents[di_a[t]]}) is listed {int((inverse == inverse[t]).sum())} times with "
+            f"different values (score {scores_a[f]:g} {'YES' if yes_a[f] else 'NO'}, then {scores_a[t]:g} {'YES' if yes_a[t] else 'NO'}); "
+            f"expected one score per (query, document): keep one <term> per document in each <detected_termlist>"
+        )
+    keep = np.sort(first)
+    return Trials(list(q_names), list(d_names), qi_a[keep], di_a[keep], scores_a[keep], yes_a[keep])
 
 
 def iter_stdlist(path: str | os.PathLike) -> Iterator[tuple[str, str, float, bool]]:

@@ -14,7 +14,8 @@ Definitions (QUESST 2014 evaluation plan, as its scoring tool applies them):
 * queries: the ``termid`` of the ``.tlist.xml``; a query without any hit in the ``.rttm`` is dropped;
 * documents: the ``audio_filename`` of each ``.ecf.xml`` excerpt, directory and extension stripped;
 * a trial is every (query, document) pair; a pair absent from the system output scores ``-10`` with
-  decision NO (the tool's ``default_score`` argument, ``-10`` in the SUPERB recipe);
+  decision NO (the tool's ``default_score`` argument, ``-10`` in the SUPERB recipe); a trial listed
+  twice with different values is refused (see :func:`score_upstream.qbe.stdlist.read_stdlist`);
 * at threshold theta a trial is YES when ``score > theta``; for query q with ``tar_q`` true documents,
   ``P_miss = mean_q miss_q / tar_q`` and ``P_FA = mean_q fa_q / (N_docs - tar_q)``;
   ``TWV = 1 - (P_miss + beta * P_FA)`` with ``beta = (1 - p) / p`` and the effective prior
@@ -41,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from score_upstream.qbe.stdlist import STDLIST_NAME, StdlistError, iter_stdlist
+from score_upstream.qbe.stdlist import STDLIST_NAME, StdlistError
+from score_upstream.qbe.stdlist import read_stdlist as read_trials
 
 logger = logging.getLogger(__name__)
 
@@ -204,35 +206,31 @@ def read_ground_truth(gt_dir: str | os.PathLike) -> GroundTruth:
 
 
 def read_stdlist(path: str | os.PathLike, gt: GroundTruth, default_score: float = DEFAULT_SCORE) -> SystemOutput:
-    """Align a ``.stdlist.xml`` (see :func:`score_upstream.qbe.stdlist.iter_stdlist`) to ``gt``; absent pairs get ``default_score`` and NO.
+    """Align a ``.stdlist.xml`` to ``gt``: absent pairs get ``default_score`` and NO.
 
-    A pair listed twice keeps its highest score (and that entry's decision).
+    The file is read by :func:`score_upstream.qbe.stdlist.read_stdlist` (which refuses a trial listed
+    twice with different values); trials naming a query or document outside ``gt`` are ignored.
     """
-    q_index = {q: i for i, q in enumerate(gt.queries)}
-    d_index = {d: i for i, d in enumerate(gt.documents)}
-    shape = (len(gt.queries), len(gt.documents))
-    scores = np.full(shape, -np.inf)
-    decisions = np.zeros(shape, dtype=bool)
-    given = ignored = 0
     try:
-        for termid, file, score, is_yes in iter_stdlist(path):
-            qi, di = q_index.get(termid), d_index.get(file)
-            if qi is None or di is None:
-                ignored += 1
-                continue
-            given += 1
-            if score > scores[qi, di]:
-                scores[qi, di] = score
-                decisions[qi, di] = is_yes
+        trials = read_trials(path)
     except StdlistError as e:
         raise TWVError(str(e)) from None
-    missing = np.isneginf(scores)
-    scores[missing] = default_score
-    n_missing = int(missing.sum())
+    q_index = {q: i for i, q in enumerate(gt.queries)}
+    d_index = {d: i for i, d in enumerate(gt.documents)}
+    qi = np.array([q_index.get(q, -1) for q in trials.queries], dtype=np.int64)[trials.query_index]
+    di = np.array([d_index.get(d, -1) for d in trials.documents], dtype=np.int64)[trials.doc_index]
+    inside = (qi >= 0) & (di >= 0)
+    shape = (len(gt.queries), len(gt.documents))
+    scores = np.full(shape, float(default_score))
+    decisions = np.zeros(shape, dtype=bool)
+    scores[qi[inside], di[inside]] = trials.scores[inside]
+    decisions[qi[inside], di[inside]] = trials.decisions[inside]
+    given, ignored = int(inside.sum()), int((~inside).sum())
+    n_missing = scores.size - given
     if ignored:
         logger.info("%s: %d trial(s) outside the ground truth's queries/documents ignored", path, ignored)
     if n_missing:
-        logger.info("%s: %d of %d trials missing, scored %g / NO", path, n_missing, missing.size, default_score)
+        logger.info("%s: %d of %d trials missing, scored %g / NO", path, n_missing, scores.size, default_score)
     return SystemOutput(scores, decisions, given, n_missing, ignored)
 
 
