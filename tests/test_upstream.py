@@ -165,3 +165,75 @@ def test_tiny_model_shape():
     assert all(torch.equal(p, q) for p, q in zip(bundle.model.parameters(), again.model.parameters()))
     other = new_hubert(tiny_model_cfg(), seed=1)
     assert not torch.equal(bundle.model.final_proj.weight, other.model.final_proj.weight)
+
+
+# ---------------------------------------------------------------- frozen-feature cache
+
+
+def test_feature_cache_returns_the_uncached_tensors(tiny_hubert_ckpt, wavs, monkeypatch):
+    """A padded batch of three lengths: the cached forward equals the uncached one bit for bit."""
+    from score_upstream.s3prl.upstream.expert import CACHE_ENV, UpstreamExpert
+
+    monkeypatch.setenv(CACHE_ENV, "64")
+    cached = UpstreamExpert(str(tiny_hubert_ckpt)).eval()
+    plain = UpstreamExpert(str(tiny_hubert_ckpt), cache_mb=0).eval()
+    assert cached.cache is not None and plain.cache is None
+    with torch.no_grad():
+        ref = plain(wavs)["hidden_states"]
+        first = cached(wavs)
+        first["hidden_states"][0].add_(1.0)  # a caller modifying its result must not reach the cache
+        again = cached([w.clone() for w in wavs])  # same bytes, new tensors
+        other = cached(wavs[:2])  # a different batch is a different entry
+    assert cached.cache.hits == 1 and cached.cache.misses == 2 and len(cached.cache) == 2
+    assert len(again["hidden_states"]) == len(ref) == 13
+    for x, y in zip(again["hidden_states"], ref):
+        assert x.shape == y.shape and torch.equal(x, y)
+    assert again["last_hidden_state"] is again["hidden_states"][-1]
+    with torch.no_grad():
+        ref2 = plain(wavs[:2])["hidden_states"]
+    assert all(torch.equal(x, y) for x, y in zip(other["hidden_states"], ref2))
+
+
+def test_feature_cache_off_in_train_mode_or_with_grad(tiny_hubert_ckpt, wavs):
+    from score_upstream.s3prl.upstream.expert import UpstreamExpert
+
+    up = UpstreamExpert(str(tiny_hubert_ckpt), cache_mb=64).eval()
+    up(wavs)  # grad enabled
+    up.train()
+    with torch.no_grad():
+        up(wavs)
+    assert len(up.cache) == 0 and up.cache.hits == up.cache.misses == 0
+    up.eval()
+    with torch.no_grad():
+        up(wavs)
+        up(wavs)
+    assert up.cache.hits == 1
+
+
+def test_feature_cache_is_bounded_lru():
+    from score_upstream.s3prl.upstream.expert import FeatureCache, batch_key
+
+    cache = FeatureCache(max_bytes=3 * 400)  # three entries of 100 float32
+    keys = [batch_key([torch.full((5,), float(i))]) for i in range(4)]
+    assert len(set(keys)) == 4 and batch_key([torch.zeros(5)]) != batch_key([torch.zeros(6)])
+    for i, k in enumerate(keys[:3]):
+        cache.put(k, [torch.full((100,), float(i))])
+    assert cache.get(keys[0]) is not None  # 0 is now the most recently used
+    cache.put(keys[3], [torch.zeros(100)])
+    assert cache.get(keys[1]) is None and cache.get(keys[0]) is not None
+    assert len(cache) == 3 and cache.bytes == 1200 and cache.evictions == 1
+    cache.put(batch_key([torch.ones(1)]), [torch.zeros(301)])  # larger than the budget: not stored
+    assert len(cache) == 3
+
+
+def test_feature_cache_size_from_environment(monkeypatch):
+    from score_upstream.s3prl.upstream.expert import CACHE_ENV, cache_megabytes_from_env
+
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    assert cache_megabytes_from_env() == 0
+    monkeypatch.setenv(CACHE_ENV, "512")
+    assert cache_megabytes_from_env() == 512
+    for bad in ("lots", "-1", "nan"):
+        monkeypatch.setenv(CACHE_ENV, bad)
+        with pytest.raises(ValueError, match=CACHE_ENV):
+            cache_megabytes_from_env()

@@ -13,11 +13,25 @@ input of every transformer layer (after the pre-encoder LayerNorm for post-LN mo
 included, cut to the shortest) and the encoder output. The checkpoint may be in any format
 :func:`score_upstream.models.hubert.load_hubert` reads; a SCORE checkpoint is s3prl's converted format plus
 metadata keys.
+
+Frozen-feature cache (opt-in): with ``SCORE_UPSTREAM_CACHE_MB=512`` in the environment, a forward in
+eval mode without grad (how s3prl's runner calls a frozen upstream) looks its batch up in an LRU cache
+of at most that many MB before running the network, so SUPERB downstream training computes each
+training batch once instead of once per epoch. The key is a hash of every waveform's exact bytes,
+length and device, in order: a whole batch, not single utterances, because a batch's hidden states
+depend on its other members (the GroupNorm of HuBERT Base's first conv layer normalises over the
+padded time axis, and padded frames are returned), so only a batch-level entry returns exactly what
+the uncached forward returns. s3prl's ``asr`` and ``ctc`` downstreams bucket the training set into
+fixed batches (only their order is shuffled) and evaluate one utterance at a time, so batches recur.
+The budget counts memory on the features' device. Train mode or grad enabled: never used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +44,71 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 DOWNSAMPLE_RATE = 320
+CACHE_ENV = "SCORE_UPSTREAM_CACHE_MB"
+
+
+def cache_megabytes_from_env() -> float:
+    """``$SCORE_UPSTREAM_CACHE_MB`` as a number of MB; unset, empty or 0 = cache off."""
+    raw = os.environ.get(CACHE_ENV, "").strip()
+    try:
+        mb = float(raw) if raw else 0.0
+    except ValueError:
+        mb = -1.0
+    if not mb >= 0 or mb == float("inf"):
+        raise ValueError(f"{CACHE_ENV}={raw!r}: expected a size in MB >= 0 (e.g. 512; 0 or unset = no cache)")
+    return mb
+
+
+def batch_key(wavs: list[torch.Tensor]) -> bytes:
+    """Digest of a batch: each waveform's dtype, device, length and exact bytes, in order."""
+    h = hashlib.blake2b(digest_size=20)
+    for w in wavs:
+        w = w.detach()
+        h.update(f"{w.dtype}|{w.device}|{tuple(w.shape)};".encode())
+        h.update(w.contiguous().cpu().numpy().tobytes())
+    return h.digest()
+
+
+class FeatureCache:
+    """Least-recently-used map from :func:`batch_key` to the hidden states of that batch, bounded in bytes.
+
+    Args:
+        max_bytes: total size of the stored tensors; an entry larger than this is never stored.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self.hits = self.misses = self.evictions = 0
+        self._entries: OrderedDict[bytes, list[torch.Tensor]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes) -> list[torch.Tensor] | None:
+        """Copies of the stored tensors (callers may modify them), or None."""
+        hidden = self._entries.get(key)
+        if hidden is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return [h.clone() for h in hidden]
+
+    def put(self, key: bytes, hidden: list[torch.Tensor]) -> None:
+        """Store copies of ``hidden``, evicting the least recently used entries to stay within budget."""
+        size = sum(h.numel() * h.element_size() for h in hidden)
+        if size > self.max_bytes or key in self._entries:
+            return
+        while self.bytes + size > self.max_bytes:
+            _, old = self._entries.popitem(last=False)
+            self.bytes -= sum(h.numel() * h.element_size() for h in old)
+            self.evictions += 1
+            if self.evictions == 1:
+                logger.info("upstream feature cache full (%.0f MB): evicting least recently used batches; "
+                            "raise %s to keep every batch", self.max_bytes / 2**20, CACHE_ENV)
+        self._entries[key] = [h.detach().clone() for h in hidden]
+        self.bytes += size
 
 
 class UpstreamExpert(UpstreamBase):
@@ -37,10 +116,11 @@ class UpstreamExpert(UpstreamBase):
 
     Args:
         ckpt: checkpoint path (s3prl converted ``.pt``, fairseq ``.pt`` or transformers directory).
+        cache_mb: frozen-feature cache size in MB (0 = off); None = ``$SCORE_UPSTREAM_CACHE_MB``.
         **kwargs: what s3prl passes to every upstream (``model_config``, ``refresh``...); ignored.
     """
 
-    def __init__(self, ckpt: str, **kwargs):
+    def __init__(self, ckpt: str, cache_mb: float | None = None, **kwargs):
         super().__init__()
         bundle = load_hubert(ckpt)
         self.model = bundle.model
@@ -54,7 +134,12 @@ class UpstreamExpert(UpstreamBase):
         for layer in self.model.encoder.layers:
             layer.register_forward_hook(self._capture_layer_input)
         self.model.encoder.register_forward_hook(self._capture_encoder_output)
+        self.cache: FeatureCache | None = None
         self._startup_check()
+        mb = cache_megabytes_from_env() if cache_mb is None else float(cache_mb)
+        self.cache = FeatureCache(int(mb * 2**20)) if mb > 0 else None
+        if self.cache is not None:
+            logger.info("%s: frozen-feature cache on, up to %.0f MB (used in eval mode without grad)", self.source, mb)
 
     def _capture_layer_input(self, module, inputs, output):
         self._captured.append(inputs[0].transpose(0, 1))  # layers run time-major (T, B, D)
@@ -81,6 +166,18 @@ class UpstreamExpert(UpstreamBase):
 
     def forward(self, wavs: list[torch.Tensor]) -> dict:
         """Args: wavs: list of 1-D float waveforms at 16 kHz. Returns ``{"hidden_states": [(B, T, D)] * (L+1), ...}``."""
+        key = None
+        if self.cache is not None and not (self.training or self.model.training or torch.is_grad_enabled()):
+            key = batch_key(wavs)
+            hiddens = self.cache.get(key)
+            if hiddens is not None:
+                return {"hidden_states": hiddens, "last_hidden_state": hiddens[-1]}
+        hiddens = self._hidden_states(wavs)
+        if key is not None:
+            self.cache.put(key, hiddens)
+        return {"hidden_states": hiddens, "last_hidden_state": hiddens[-1]}
+
+    def _hidden_states(self, wavs: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.normalize:
             wavs = [F.layer_norm(w, w.shape) for w in wavs]
         device = wavs[0].device
@@ -95,5 +192,4 @@ class UpstreamExpert(UpstreamBase):
             self._captured = []
         # Layer inputs are padded to an even length inside the encoder; its output is not.
         frames = min(h.size(1) for h in hiddens)
-        hiddens = [h[:, :frames] for h in hiddens]
-        return {"hidden_states": hiddens, "last_hidden_state": hiddens[-1]}
+        return [h[:, :frames] for h in hiddens]
