@@ -7,12 +7,14 @@
 #
 # Protocol: --layer best (SUPERB) searches every hidden layer on dev, keeps the best by dev MTWV and
 # reports it on eval; --layer last / --layer N reports a fixed layer (the SCORE authors use the last).
+# The last layer's eval MTWV is reported beside the chosen one either way (SCORE moves only the last
+# layers, which the best-layer protocol may not pick), each eval MTWV with a bootstrap interval over queries.
 #
 # Stages (--stage N --stop-stage M; a finished stage is skipped on a rerun, --force true redoes it):
 #   1 data preparation: check the QUESST 2014 tree and its ground truth
 #   2 dev search:       score-qbe + TWV on dev, every layer (or the fixed one) -> EXPDIR/qbe/dev/layer<L>/
-#   3 test:             score-qbe on eval with the chosen layer                    -> EXPDIR/qbe/eval/layer<L>/
-#   4 score:            TWV on eval                                                -> EXPDIR/qbe/qbe_result.json
+#   3 test:             score-qbe on eval with the chosen and the last layer       -> EXPDIR/qbe/eval/layer<L>/
+#   4 score:            TWV on eval, bootstrap intervals over queries              -> EXPDIR/qbe/qbe_result.json
 #
 # Options (default in brackets):
 #   --upstream NAME       s3prl upstream name: score_hubert, hubert_local, ... [hubert_local]
@@ -72,11 +74,12 @@ stage_dev() {
   resolve_device
   require_ckpt "$ckpt"
   stage_done 1 || die "missing checked QUESST tree (stage 1 did not finish): run with --stage 1"
-  local layers="$layer"
+  local layers="$layer" last
+  last="$("$py" -m score_upstream.s3prl.superb.qbe.protocol last-layer "$ckpt")" || exit 2
+  printf '%s\n' "$last" > "$dir/last_layer.txt"
   case "$layer" in
     best) layers=all ;;
-    last) layers="$("$py" -m score_upstream.s3prl.superb.qbe.protocol last-layer "$ckpt")" \
-            || exit 2 ;;
+    last) layers="$last" ;;
   esac
   rm -rf "$dir/dev"
   run_logged "$dir/dev.log" score-qbe --upstream "$upstream" --ckpt "$ckpt" --quesst-root "$quesst_root" \
@@ -90,22 +93,25 @@ stage_eval() {
   resolve_device
   stage_done 2 || die "missing dev layer selection in $dir (stage 2 did not finish): rerun with --stage 2"
   require_file "$dir/dev_layer.txt" "chosen dev layer" "rerun with --stage 2"
-  local chosen; chosen="$(cat "$dir/dev_layer.txt")"
-  log "layer $chosen ($protocol)"
+  require_file "$dir/last_layer.txt" "last layer index" "rerun with --stage 2"
+  local chosen last layers; chosen="$(cat "$dir/dev_layer.txt")"; last="$(cat "$dir/last_layer.txt")"
+  layers="$chosen"
+  [ "$last" = "$chosen" ] || layers="$chosen,$last"
+  log "layer $chosen ($protocol) and the last layer $last"
   rm -rf "$dir/eval"
   run_logged "$dir/eval.log" score-qbe --upstream "$upstream" --ckpt "$ckpt" --quesst-root "$quesst_root" \
-    --split eval --layers "$chosen" --device "$device" --out "$dir/eval"
+    --split eval --layers "$layers" --device "$device" --out "$dir/eval"
 }
 
 stage_score() {
   stage_done 3 || die "missing eval search output in $dir/eval (stage 3 did not finish): rerun with --stage 3"
   score_split eval
   "$py" -m score_upstream.s3prl.superb.qbe.protocol report "$dir" --layer "$(cat "$dir/dev_layer.txt")" \
-    --protocol "$protocol" --quesst-root "$quesst_root" || exit 2
+    --last-layer "$(cat "$dir/last_layer.txt")" --protocol "$protocol" --quesst-root "$quesst_root" || exit 2
 }
 
 run_stage 1 "data preparation: $quesst_root" stage_prepare
 run_stage 2 "dev search: $upstream $ckpt, layers $layer + $quesst_root dev -> $dir/dev" stage_dev
-run_stage 3 "test: chosen layer + $quesst_root eval -> $dir/eval" stage_eval
+run_stage 3 "test: chosen and last layer + $quesst_root eval -> $dir/eval" stage_eval
 run_stage 4 "score: $dir/{dev,eval} -> $dir/qbe_result.json" stage_score
 log "done: $dir"

@@ -357,8 +357,15 @@ def test_qbe_recipe_all_layers_on_dev_best_on_eval(tiny_corpus, tiny_hubert_ckpt
     per_layer = result["dev_mtwv_per_layer"]
     assert sorted(map(int, per_layer)) == list(range(13))  # every hidden state of the tiny HuBERT
     assert result["dev_mtwv"] == max(per_layer.values()) and result["protocol"] == "best-dev-layer"
-    assert [p.name for p in (exp / "qbe" / "eval").glob("layer*")] == [f"layer{result['layer']}"]
+    # eval searches the chosen layer and the last one (12), nothing else
+    assert sorted(p.name for p in (exp / "qbe" / "eval").glob("layer*")) == sorted({f"layer{result['layer']}", "layer12"})
     assert result["scope"] == "english-only" and -10 < result["eval_mtwv"] <= 1
+    last = result["last_layer"]
+    assert (last["layer"], last["dev_mtwv"]) == (12, per_layer["12"]) and -10 < last["eval_mtwv"] <= 1
+    for entry in (result, last):
+        low, high = entry["eval_mtwv_interval"]
+        assert low <= high and entry["eval_mtwv_sd"] >= 0
+    assert result["bootstrap"]["resamples"] == 1000 and result["bootstrap"]["unit"] == "query"
 
 
 @pytest.mark.parametrize("recipe", ["asr", "pr", "qbe"])

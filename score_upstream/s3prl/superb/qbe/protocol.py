@@ -7,12 +7,14 @@ Run it as (stages 2 and 4 of ``recipes/qbe.sh``)::
     # -> 7          (the layer whose dev/layer7/score.out has the largest maxTWV)
     python -m score_upstream.s3prl.superb.qbe.protocol report exp/m/qbe --layer 7 --protocol best-dev-layer \\
         --quesst-root data/quesst14Database
-    # -> writes exp/m/qbe/qbe_result.json
+    # -> writes exp/m/qbe/qbe_result.json (add --last-layer 12 to report the last layer beside it)
 
 Layout read: ``QBE_DIR/{dev,eval}/layer<L>/score.out`` (the line ``actTWV: X maxTWV: Y Threshold: Z``
 that ``score-twv`` writes next to each ``benchmark.stdlist.xml``). SUPERB selects the layer with the
 best dev MTWV (the first one on ties, lowest layer first) and reports that layer's eval MTWV; the SCORE
-authors report a fixed layer (the last one), which ``--layer`` reproduces.
+authors report a fixed layer (the last one), which ``--layer`` reproduces. The report gives the last
+layer's eval MTWV beside the chosen one, and each eval MTWV a bootstrap interval over queries
+(``score_upstream.qbe.bootstrap``: 1000 resamples, seed 0, 2.5th-97.5th percentiles).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import sys
 from pathlib import Path
 
 from score_upstream.atomic import atomic_write_bytes
+from score_upstream.qbe.bootstrap import N_RESAMPLES, SEED, bootstrap_stdlist
 from score_upstream.qbe.twv import STDLIST_NAME, TWVError, parse_score_out, read_ground_truth, score_twv, write_score_out
 
 RESULT_NAME = "qbe_result.json"
@@ -118,12 +121,42 @@ def ground_truth_scope(quesst_root: str | Path, split: str = "eval") -> str:
     return "english-only" if n_queries <= len(english) and set(gt.queries) <= english else "all-queries"
 
 
-def report(qbe_dir: str | Path, layer: int, protocol: str, scope: str) -> dict:
-    """Write ``qbe_dir/qbe_result.json`` from the dev and eval scores of ``layer``.
+def eval_interval(qbe_dir: str | Path, layer: int, groundtruth_dir: str | Path, resamples: int = N_RESAMPLES,
+                  seed: int = SEED) -> dict:
+    """Bootstrap interval over queries of the eval MTWV of ``layer`` (``qbe_dir/eval/layer<L>``).
+
+    Returns:
+        ``{"eval_mtwv_interval": [low, high], "eval_mtwv_sd", "bootstrap": {"resamples", "seed", "level",
+        "unit", "n_queries"}}``, computed with score-twv's scoring of the layer's ``benchmark.stdlist.xml``.
+    """
+    stdlist = Path(qbe_dir) / "eval" / f"layer{layer}" / STDLIST_NAME
+    if not stdlist.is_file():
+        raise QbeProtocolError(f"{stdlist}: missing; the eval search of layer {layer} did not run")
+    ci = bootstrap_stdlist(stdlist, groundtruth_dir, resamples, seed)
+    return {
+        "eval_mtwv_interval": [ci.low, ci.high],
+        "eval_mtwv_sd": ci.sd,
+        "bootstrap": {"resamples": ci.resamples, "seed": ci.seed, "level": ci.level, "unit": "query",
+                      "n_queries": ci.n_queries},
+    }
+
+
+def report(qbe_dir: str | Path, layer: int, protocol: str, scope: str, groundtruth_dir: str | Path | None = None,
+           last: int | None = None, resamples: int = N_RESAMPLES, seed: int = SEED) -> dict:
+    """Write ``qbe_dir/qbe_result.json`` from the dev and eval scores of ``layer`` (and of the last layer).
+
+    Args:
+        groundtruth_dir: the eval ground truth; given, each reported eval MTWV gets its bootstrap interval
+            over queries (:func:`eval_interval`).
+        last: index of the model's last hidden state; given, its eval MTWV is reported beside ``layer``
+            (SPEC §5 (a): SCORE moves only the last layers, which the best-dev-layer protocol may not pick).
 
     Returns:
         ``{"layer", "dev_mtwv", "eval_mtwv", "protocol", "scope", "dev_mtwv_per_layer", "scorer"}``
-        (``scorer``: ``official`` when the QUESST Java tool's score.out was used, else ``score-twv``).
+        (``scorer``: ``official`` when the QUESST Java tool's score.out was used, else ``score-twv``), plus
+        ``eval_mtwv_interval`` ([low, high]), ``eval_mtwv_sd`` and ``bootstrap`` with ``groundtruth_dir``, and
+        ``last_layer`` (``{"layer", "dev_mtwv", "eval_mtwv", "scorer"}`` + the same interval keys; ``dev_mtwv``
+        null when dev did not search it) with ``last``.
     """
     if protocol not in PROTOCOLS:
         raise QbeProtocolError(f"protocol {protocol!r} unknown; expected one of {PROTOCOLS}")
@@ -135,6 +168,12 @@ def report(qbe_dir: str | Path, layer: int, protocol: str, scope: str) -> dict:
             raise QbeProtocolError(
                 f"{qbe_dir / split}: no score for layer {layer} (have {sorted(scores)}); run its search and scoring"
             )
+    if last is not None and last not in evals:
+        raise QbeProtocolError(f"{qbe_dir / 'eval'}: no score for the last layer {last} (have {sorted(evals)}); run its search")
+
+    def scorer(k: int) -> str:
+        return "official" if (qbe_dir / "eval" / f"layer{k}" / "official" / "score.out").is_file() else "score-twv"
+
     result = {
         "layer": layer,
         "dev_mtwv": dev[layer],
@@ -142,8 +181,16 @@ def report(qbe_dir: str | Path, layer: int, protocol: str, scope: str) -> dict:
         "protocol": protocol,
         "scope": scope,
         "dev_mtwv_per_layer": {str(k): v for k, v in dev.items()},
-        "scorer": "official" if (qbe_dir / "eval" / f"layer{layer}" / "official" / "score.out").is_file() else "score-twv",
+        "scorer": scorer(layer),
     }
+    if groundtruth_dir is not None:
+        result.update(eval_interval(qbe_dir, layer, groundtruth_dir, resamples, seed))
+    if last is not None:
+        result["last_layer"] = {"layer": last, "dev_mtwv": dev.get(last), "eval_mtwv": evals[last], "scorer": scorer(last)}
+        if groundtruth_dir is not None:
+            interval = eval_interval(qbe_dir, last, groundtruth_dir, resamples, seed)
+            interval.pop("bootstrap")  # the same settings as the selected layer's
+            result["last_layer"].update(interval)
     atomic_write_bytes((json.dumps(result, indent=2) + "\n").encode(), qbe_dir / RESULT_NAME)
     return result
 
@@ -158,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     p_rep.add_argument("qbe_dir", help="folder holding dev/ and eval/ layer<L>/score.out")
     p_rep.add_argument("--layer", type=int, required=True, help="the reported layer")
     p_rep.add_argument("--protocol", choices=PROTOCOLS, required=True, help="how the layer was chosen")
-    p_rep.add_argument("--quesst-root", required=True, help="quesst14Database folder (for the scope of its ground truth)")
+    p_rep.add_argument("--quesst-root", required=True, help="quesst14Database folder (its eval ground truth: scope, intervals)")
+    p_rep.add_argument("--last-layer", type=int, default=None, help="also report this layer (the model's last)")
+    p_rep.add_argument("--resamples", type=int, default=N_RESAMPLES, help="bootstrap resamples over queries")
+    p_rep.add_argument("--seed", type=int, default=SEED, help="seed of the bootstrap resampling")
     p_score = sub.add_parser("score", help="score-twv on every layer<L>/ of a split folder, in one process")
     p_score.add_argument("split_dir", help="folder holding layer<L>/benchmark.stdlist.xml")
     p_score.add_argument("groundtruth_dir", help="scoring/groundtruth_quesst14_<split> of the database")
@@ -179,12 +229,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"best dev layer {layer} (MTWV {mtwv:.4f}) of {len(layer_scores(args.dev_dir))}", file=sys.stderr)
             print(layer)
         else:
+            from score_upstream.s3prl.superb.qbe.prepare import groundtruth_dir
+
             scope = ground_truth_scope(args.quesst_root)
-            result = report(args.qbe_dir, args.layer, args.protocol, scope)
-            print(
-                f"QbE layer {result['layer']} ({result['protocol']}): dev MTWV {result['dev_mtwv']:.4f}, "
-                f"eval MTWV {result['eval_mtwv']:.4f} ({scope} ground truth) -> {Path(args.qbe_dir) / RESULT_NAME}"
-            )
+            gt = groundtruth_dir(Path(args.quesst_root), "eval")
+            result = report(args.qbe_dir, args.layer, args.protocol, scope, gt, args.last_layer, args.resamples, args.seed)
+            for name, entry in (("", result), ("last ", result.get("last_layer"))):
+                if entry is None:
+                    continue
+                low, high = entry["eval_mtwv_interval"]
+                dev = "n/a" if entry["dev_mtwv"] is None else f"{entry['dev_mtwv']:.4f}"
+                print(f"QbE {name}layer {entry['layer']} ({result['protocol']}): dev MTWV {dev}, eval MTWV "
+                      f"{entry['eval_mtwv']:.4f} [{low:.4f}, {high:.4f}] ({scope} ground truth)")
+            print(f"-> {Path(args.qbe_dir) / RESULT_NAME}")
     except (QbeProtocolError, TWVError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
