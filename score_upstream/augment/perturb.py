@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
@@ -219,14 +219,12 @@ class PerturbedView:
         speed_factor: drawn speed factor.
         semitones: drawn pitch shift.
         student_gets_perturbed: True = the student model sees ``wav`` and the target the original.
-        noise_snr_db: SNR of the optional added noise, None when off.
     """
 
     wav: Tensor
     speed_factor: float
     semitones: float
     student_gets_perturbed: bool
-    noise_snr_db: float | None = None
 
 
 @dataclass
@@ -237,17 +235,13 @@ class ScorePerturbation:
         speed_factors: speed factors drawn uniformly (paper: 0.9, 1.0, 1.1; WavLM variant adds 0.85, 1.15).
         semitones: pitch shifts drawn uniformly (paper: -2, +2).
         pitch_method: ``"reference"`` (torchaudio's pitch_shift, as the paper) or ``"fast"``.
-        extra: optional extra perturbations, off by default: ``{"noise_snr_db": [lo, hi]}`` adds white
-            noise at an SNR drawn uniformly in [lo, hi] dB.
         sr: sample rate in Hz.
     """
 
     speed_factors: tuple[float, ...] = (0.9, 1.0, 1.1)
     semitones: tuple[float, ...] = (-2.0, 2.0)
     pitch_method: str = "reference"
-    extra: dict | None = None
     sr: int = 16000
-    _noise: tuple[float, float] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         self.speed_factors = tuple(float(f) for f in self.speed_factors)
@@ -258,37 +252,22 @@ class ScorePerturbation:
             raise PerturbError("semitones must be a non-empty list (use [0.0] to switch pitch shifting off)")
         if self.pitch_method not in PITCH_METHODS:
             raise PerturbError(f"pitch_method {self.pitch_method!r} is unknown; expected one of {PITCH_METHODS}")
-        extra = dict(self.extra or {})
-        unknown = set(extra) - {"noise_snr_db"}
-        if unknown:
-            raise PerturbError(f"perturbation extra keys {sorted(unknown)} are unknown; supported: ['noise_snr_db']")
-        if "noise_snr_db" in extra:
-            lo, hi = (float(v) for v in extra["noise_snr_db"])
-            if lo > hi:
-                raise PerturbError(f"extra.noise_snr_db must be [lo, hi] with lo <= hi, got {extra['noise_snr_db']}")
-            self._noise = (lo, hi)
 
     def draw(self, generator: torch.Generator) -> dict:
-        """Draw one perturbation: speed factor, semitones, pair order (and noise SNR when enabled)."""
-        pick = lambda seq: seq[int(torch.randint(len(seq), (1,), generator=generator))]  # noqa: E731
-        d = {
+        """Draw one perturbation: speed factor, semitones and pair order."""
+        def pick(seq):
+            return seq[int(torch.randint(len(seq), (1,), generator=generator))]
+
+        return {
             "speed_factor": pick(self.speed_factors),
             "semitones": pick(self.semitones),
             "student_gets_perturbed": bool(torch.randint(2, (1,), generator=generator)),
-            "noise_snr_db": None,
         }
-        if self._noise is not None:
-            lo, hi = self._noise
-            d["noise_snr_db"] = lo + (hi - lo) * float(torch.rand(1, generator=generator))
-        return d
 
-    def apply(self, wav: Tensor, draw: dict, generator: torch.Generator | None = None) -> Tensor:
-        """Apply a draw to a (..., T) waveform: speed, then pitch, then optional noise."""
+    def apply(self, wav: Tensor, draw: dict) -> Tensor:
+        """Apply a draw to a (..., T) waveform: speed, then pitch."""
         out = speed_perturb(wav, draw["speed_factor"], self.sr)
-        out = pitch_shift(out, draw["semitones"], self.sr, self.pitch_method)
-        if draw.get("noise_snr_db") is not None:
-            out = self.apply_noise(out, draw["noise_snr_db"], generator)
-        return out
+        return pitch_shift(out, draw["semitones"], self.sr, self.pitch_method)
 
     def __call__(self, wav: Tensor, generator: torch.Generator) -> PerturbedView:
         """Perturb one (T,) waveform; the result depends only on ``wav`` and the generator state."""
@@ -296,8 +275,7 @@ class ScorePerturbation:
         if wav.dim() != 1:
             raise PerturbError(f"wav must be a 1-D waveform (T,), got shape {tuple(wav.shape)}")
         d = self.draw(generator)
-        return PerturbedView(self.apply(wav, d, generator), d["speed_factor"], d["semitones"],
-                             d["student_gets_perturbed"], d["noise_snr_db"])
+        return PerturbedView(self.apply(wav, d), d["speed_factor"], d["semitones"], d["student_gets_perturbed"])
 
     def batch(self, wavs: Tensor, lengths: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, list[dict]]:
         """Perturb a zero-padded batch, each item with its own draw, on the batch's device.
@@ -344,17 +322,7 @@ class ScorePerturbation:
                 shifted = sped.clone() if semis == 0 else _fast_pitch(sped, semis, new_lengths[idx])
                 for k, b in enumerate(idx):
                     outs[b] = shifted[k, : int(new_lengths[b])]
-        for b, d in enumerate(draws):
-            if d["noise_snr_db"] is not None:
-                outs[b] = self.apply_noise(outs[b], d["noise_snr_db"], generator)
         out = torch.zeros(B, int(new_lengths.max()), dtype=wavs.dtype, device=wavs.device)
         for b in range(B):
             out[b, : outs[b].shape[-1]] = outs[b]
         return out, new_lengths, draws
-
-    @staticmethod
-    def apply_noise(wav: Tensor, snr_db: float, generator: torch.Generator | None) -> Tensor:
-        """Add white noise at ``snr_db`` dB to a (..., T) waveform."""
-        noise = torch.randn(wav.shape, generator=generator, dtype=wav.dtype).to(wav.device)
-        power = wav.pow(2).mean(-1, keepdim=True).clamp_min(1e-12)
-        return wav + noise * torch.sqrt(power / 10 ** (snr_db / 10))
