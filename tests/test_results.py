@@ -145,3 +145,66 @@ def test_malformed_qbe_result_is_missing(tmp_path):
     d = make_expdir(tmp_path, "X", "score", wer=6.0, mtwv=0.1)
     (d / "qbe" / "qbe_result.json").write_text('{"layer": 3, "eval_mtwv": 0.1, "protocol": "magic", "scope": "english"}')
     assert results.read_experiment(d).mtwv is None
+
+
+def make_seeded(root: Path, name: str, kind: str, wers: dict, pers: dict, mtwv: float, interval, last=None) -> Path:
+    """An experiment root as the recipes lay out several downstream seeds, plus a QbE result with intervals."""
+    d = make_expdir(root, name, kind)
+    for seed, wer in wers.items():
+        (d / "asr" / f"seed{seed}").mkdir(parents=True)
+        (d / "asr" / f"seed{seed}" / "test-clean.log").write_text(f"test-clean loss: 0.4\ntest-clean wer: {wer}\n")
+    for seed, per in pers.items():
+        (d / "pr" / f"seed{seed}").mkdir(parents=True)
+        (d / "pr" / f"seed{seed}" / "test.log").write_text(f"test per: {per}\n")
+    qbe = {"layer": 3, "dev_mtwv": mtwv, "eval_mtwv": mtwv, "protocol": "best-dev-layer", "scope": "english-only",
+           "eval_mtwv_interval": interval, "eval_mtwv_sd": 0.01}
+    if last:
+        qbe["last_layer"] = {"layer": 6, "dev_mtwv": None, "eval_mtwv": last[0], "eval_mtwv_interval": last[1]}
+    (d / "qbe").mkdir()
+    (d / "qbe" / "qbe_result.json").write_text(json.dumps(qbe))
+    return d
+
+
+def test_seeds_mean_sd_and_intervals(tmp_path, caplog):
+    h = make_seeded(tmp_path, "HuBERT", "hubert", {0: 40.0, 1: 42.0, 2: 44.0}, {0: 0.50, 1: 0.52, 2: 0.51},
+                    0.40, [0.30, 0.50], last=(0.20, [0.15, 0.26]))
+    (h / "asr" / "seed7").mkdir()  # an unfinished seed: left out, with a warning
+    (h / "asr" / "seed7" / "test-clean.log").write_text("test-clean:  40%|####      | 2/5\n")
+    s = make_seeded(tmp_path, "SCORE", "score", {0: 38.0, 1: 39.0}, {3: 0.45}, 0.42, [0.33, 0.52], last=(0.30, [0.24, 0.37]))
+    row = results.read_experiment(h)
+    assert row.runs["wer"] == {0: 40.0, 1: 42.0, 2: 44.0} and "seed 7 left out" in caplog.text
+    assert row.wer == 42.0 and row.sd["wer"] == 2.0  # sample sd (ddof 1) of 40, 42, 44
+    assert row.per == pytest.approx(51.0) and row.sd["per"] == pytest.approx(1.0)
+    assert row.intervals == {"mtwv": (0.30, 0.50), "mtwv_last": (0.15, 0.26)}
+    assert (row.mtwv_last, row.qbe_last_layer) == (0.20, 6)
+
+    table = {r["model"]: r for r in results.build_table([row, results.read_experiment(s)])}
+    score = table["SCORE"]
+    assert (score["wer"], score["wer_sd"], score["wer_n"]) == (38.5, pytest.approx(0.5 ** 0.5), 2)
+    assert (score["per"], score["per_sd"], score["per_n"]) == (pytest.approx(45.0), "n/a", 1)  # one seed: no sd
+    assert score["rel_asr_vs_hubert"] == pytest.approx(100 * (42.0 - 38.5) / 42.0)  # on the means
+    assert score["rel_pr_vs_hubert"] == pytest.approx(100 * (51.0 - 45.0) / 51.0)
+    assert (score["mtwv_low"], score["mtwv_high"], score["qbe_layer"]) == (0.33, 0.52, 3)
+    assert (score["mtwv_last"], score["mtwv_last_low"], score["mtwv_last_high"], score["qbe_last_layer"]) == (0.30, 0.24, 0.37, 6)
+    assert score["rel_qbe_last_vs_hubert"] == pytest.approx(100 * (0.30 - 0.20) / 0.20)
+
+    out = tmp_path / "out"
+    assert results.main([str(h), str(s), "--out", str(out), "--no-reported"]) == 0
+    md = (out / "superb.md").read_text()
+    assert ("| SCORE | score | 38.50 ± 0.71 (n=2) | 45.00 | 0.4200 [0.3300, 0.5200] | 3 | 0.3000 [0.2400, 0.3700] | 6 "
+            "| +8.33% | +11.76% | +5.00% | +50.00% |") in md
+    assert "| HuBERT | hubert | 42.00 ± 2.00 (n=3) | 51.00 ± 1.00 (n=3) |" in md
+    csv = pd.read_csv(out / "superb.csv", comment="#")
+    for column in ("wer_sd", "wer_n", "per_sd", "per_n", "mtwv_low", "mtwv_high", "mtwv_last", "mtwv_last_low",
+                   "mtwv_last_high", "qbe_last_layer", "rel_qbe_last_vs_hubert"):
+        assert column in csv.columns
+    assert float(csv.loc[0, "wer_sd"]) == 2.0 and int(csv.loc[0, "wer_n"]) == 3
+    assert (out / "superb.png").stat().st_size > 1000
+
+
+def test_error_bars_follow_the_table():
+    from score_upstream.report.plot import error_bar
+
+    rec = {"wer": 42.0, "wer_sd": 2.0, "per": 45.0, "per_sd": "n/a", "mtwv": 0.42, "mtwv_low": 0.33, "mtwv_high": 0.52}
+    assert error_bar(rec, "wer") == (2.0, 2.0) and error_bar(rec, "per") == (0.0, 0.0)
+    assert error_bar(rec, "mtwv") == (pytest.approx(0.09), pytest.approx(0.10))

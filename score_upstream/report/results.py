@@ -5,33 +5,41 @@ Run it as::
     score-results exp/hubert exp/score exp/spin --out results/
     score-results exp/demo/* --out results/demo --banner "DEMO numbers on synthetic speech" --no-reported
 
-Writes ``OUT/superb.csv``, ``OUT/superb.md`` and ``OUT/superb.png`` (relative improvements vs HuBERT).
+Writes ``OUT/superb.csv``, ``OUT/superb.md`` and ``OUT/superb.png`` (metrics with error bars and relative
+improvements vs HuBERT; ``score_upstream.report.plot``).
 
 Each ``EXPDIR`` is one model's experiment root, as ``recipes/{asr,pr,qbe}.sh`` and ``run_superb.sh`` lay it out::
 
     EXPDIR/model.json            {"name": "SCORE", "upstream": "score_hubert", "ckpt": "exp/score/score_hubert.pt",
                                   "kind": "score"}          # kind: hubert | score | spin | other
-    EXPDIR/asr/test-clean.log    stdout of `score-s3prl -m evaluate -t test-clean` (s3prl asr expert):
+    EXPDIR/asr/seed<S>/test-clean.log   stdout of `score-s3prl -m evaluate -t test-clean` (s3prl asr expert),
+                                 one per downstream seed S:
                                      test-clean loss: 0.1021
                                      test-clean uer: 1.9012
                                      test-clean wer: 6.4213                    <- WER, already in %
                                  (+ s3prl's test-clean-noLM-hyp.ark / -ref.ark, used as a cross-check)
-    EXPDIR/pr/test.log           stdout of `score-s3prl -m evaluate -t test` (s3prl ctc expert, libriphone):
+    EXPDIR/pr/seed<S>/test.log   stdout of `score-s3prl -m evaluate -t test` (s3prl ctc expert, libriphone):
                                      test loss: 0.2210
                                      test per: 0.0541                          <- PER as a fraction
                                  (+ test-hyp.ark / test-ref.ark)
     EXPDIR/qbe/qbe_result.json   {"layer": 12, "dev_mtwv": 0.081, "eval_mtwv": 0.0736,
                                   "protocol": "best-dev-layer" | "fixed-layer",
-                                  "scope": "english-only" | "all-queries"}
+                                  "scope": "english-only" | "all-queries",
+                                  "eval_mtwv_interval": [0.061, 0.087],       <- optional: bootstrap over queries
+                                  "last_layer": {"layer": 12, "eval_mtwv": 0.0736,
+                                                 "eval_mtwv_interval": [..]}}  <- optional
                                  (the recipe's spellings "superb-best-dev" and "english"/"all-languages"
                                  are read too)
 
-The last matching line of a log wins. A missing file, line or field makes that cell ``missing``; nothing
+WER and PER are the mean over the seed folders, with their sample standard deviation (ddof 1) and count
+(``wer_sd``, ``wer_n``; sd ``n/a`` for one seed); a folder from before per-seed runs (``asr/test-clean.log``
+directly) counts as one run. MTWV carries its bootstrap interval (``mtwv_low``/``mtwv_high``) and the last
+layer's MTWV beside the reported one (``mtwv_last``, ``qbe_last_layer``). The last matching line of a log wins. A missing file, line or field makes that cell ``missing``; nothing
 is ever estimated. ``model.json`` absent: the folder name is the model name and its kind is ``other``.
 
 Published numbers come from ``results/reported.csv`` (``--reported``), one row per (model, source), with
 absolute metrics and/or the relative figures a paper quotes. Relative improvement (SPEC §2):
-``(base - new) / base`` for WER and PER, ``(new - base) / base`` for MTWV, in %; reproduced rows are
+``(base - new) / base`` for WER and PER, ``(new - base) / base`` for MTWV, in %, on the means; reproduced rows are
 compared with the reproduced HuBERT (kind ``hubert``) and SPIN (kind ``spin``) rows only, reported rows
 with the reported HuBERT row only, and MTWVs only when their protocol and scope agree.
 """
@@ -46,9 +54,9 @@ import json
 import logging
 import math
 import re
+import statistics
 import subprocess
 import sys
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,8 +67,11 @@ NOT_REPORTED = "not reported"
 NA = "n/a"
 KINDS = ("hubert", "score", "spin", "other")
 METRICS = ("wer", "per", "mtwv")
-TASK_OF = {"wer": "ASR", "per": "PR", "mtwv": "QbE"}
-LOWER_IS_BETTER = {"wer": True, "per": True, "mtwv": False}
+LAST = "mtwv_last"  # the last layer's MTWV, reported beside the protocol's layer
+TASK_OF = {"wer": "ASR", "per": "PR", "mtwv": "QbE", LAST: "QbE last layer"}
+REL_KEY = {"wer": "asr", "per": "pr", "mtwv": "qbe", LAST: "qbe_last"}  # rel_<key>_vs_<kind> columns
+LOWER_IS_BETTER = {"wer": True, "per": True, "mtwv": False, LAST: False}
+_SEED_DIR = re.compile(r"^seed(\d+)$")
 PROTOCOLS = {"best-dev-layer": "best-dev-layer", "superb-best-dev": "best-dev-layer", "fixed-layer": "fixed-layer"}
 SCOPES = {"english-only": "english-only", "english": "english-only", "all-queries": "all-queries",
           "all-languages": "all-queries"}
@@ -73,7 +84,12 @@ class ResultsError(ValueError):
 
 @dataclass
 class ModelResult:
-    """One table row. Metrics in % for WER/PER, raw MTWV; ``None`` = missing / not reported."""
+    """One table row. Metrics in % for WER/PER (mean over seeds), raw MTWV; ``None`` = missing / not reported.
+
+    ``runs`` holds each seed's value ({metric: {seed: value}}; seed None for a run without a seed folder),
+    ``sd`` the standard deviation over seeds where there are two or more, ``intervals`` the bootstrap
+    interval over queries of ``mtwv`` and ``mtwv_last``.
+    """
 
     name: str
     kind: str = "other"
@@ -81,7 +97,12 @@ class ModelResult:
     wer: float | None = None
     per: float | None = None
     mtwv: float | None = None
+    mtwv_last: float | None = None
+    runs: dict[str, dict] = field(default_factory=dict)
+    sd: dict[str, float] = field(default_factory=dict)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     qbe_layer: int | None = None
+    qbe_last_layer: int | None = None
     qbe_protocol: str | None = None
     qbe_scope: str | None = None
     reported_rel: dict[str, float] = field(default_factory=dict)  # metric -> % vs HuBERT, as a paper states it
@@ -128,8 +149,21 @@ def _cross_check(row: ModelResult, metric: str, value: float, arks: float | None
         logger.warning("%s: %s", row.name, row.notes[-1])
 
 
+def _interval(value) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    low, high = (float(v) for v in value)
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        raise ValueError(f"interval {value!r}: expected [low, high] with low <= high")
+    return low, high
+
+
 def read_qbe_result(path: Path) -> dict | None:
-    """``qbe_result.json`` validated and normalised, or None (with a warning) if absent or malformed."""
+    """``qbe_result.json`` validated and normalised, or None (with a warning) if absent or malformed.
+
+    Returns ``{"layer", "eval_mtwv", "dev_mtwv", "protocol", "scope", "interval", "last"}``; ``interval`` is
+    None when the file has none, ``last`` None or ``{"layer", "eval_mtwv", "interval"}``.
+    """
     if not path.is_file():
         return None
     try:
@@ -140,11 +174,45 @@ def read_qbe_result(path: Path) -> dict | None:
             "dev_mtwv": None if data.get("dev_mtwv") is None else float(data["dev_mtwv"]),
             "protocol": PROTOCOLS[data["protocol"]],
             "scope": SCOPES[data["scope"]],
+            "interval": _interval(data.get("eval_mtwv_interval")),
+            "last": None,
         }
+        last = data.get("last_layer")
+        if last is not None:
+            out["last"] = {"layer": int(last["layer"]), "eval_mtwv": float(last["eval_mtwv"]),
+                           "interval": _interval(last.get("eval_mtwv_interval"))}
     except (ValueError, KeyError, TypeError) as e:
         logger.warning("%s: unreadable (%s: %s); QbE marked missing", path, type(e).__name__, e)
         return None
     return out if math.isfinite(out["eval_mtwv"]) else None
+
+
+def read_runs(task_dir: Path, log_name: str, key: str) -> dict[int | None, tuple[float, Path]]:
+    """Test metric of each downstream seed: ``task_dir/seed<S>/log_name`` -> {S: (value, run folder)}.
+
+    Without seed folders, ``task_dir/log_name`` (a run from before per-seed runs) is one run, seed None.
+    A seed folder whose log holds no test line (an unfinished run) is left out with a warning.
+    """
+    runs: dict[int | None, tuple[float, Path]] = {}
+    seeded = sorted((int(m.group(1)), p) for p in (task_dir.iterdir() if task_dir.is_dir() else [])
+                    if p.is_dir() and (m := _SEED_DIR.match(p.name)))
+    for seed, run in seeded or [(None, task_dir)]:
+        value = parse_s3prl_log(run / log_name, key)
+        if value is not None:
+            runs[seed] = (value, run)
+        elif seed is not None:
+            logger.warning("%s: no test %s in %s; seed %d left out", task_dir, key, run / log_name, seed)
+    return runs
+
+
+def _set_runs(row: ModelResult, metric: str, values: dict) -> None:
+    """Mean over seeds into the row, with the per-seed values and (from two seeds) the sd."""
+    if not values:
+        return
+    row.runs[metric] = values
+    setattr(row, metric, statistics.fmean(values.values()))
+    if len(values) > 1:
+        row.sd[metric] = statistics.stdev(values.values())
 
 
 def read_experiment(expdir: str | Path) -> ModelResult:
@@ -165,20 +233,27 @@ def read_experiment(expdir: str | Path) -> ModelResult:
     row = ModelResult(name=str(meta.get("name") or expdir.name), kind=meta.get("kind", "other"))
     row.citation = " ".join(str(meta[k]) for k in ("upstream", "ckpt") if meta.get(k))
 
-    row.wer = parse_s3prl_log(expdir / "asr" / "test-clean.log", "wer")
-    if row.wer is not None:
-        _cross_check(row, "wer", row.wer, error_rate_from_arks(
-            expdir / "asr" / "test-clean-noLM-hyp.ark", expdir / "asr" / "test-clean-noLM-ref.ark"))
-    per = parse_s3prl_log(expdir / "pr" / "test.log", "per")
-    row.per = None if per is None else 100.0 * per
-    if row.per is not None:
-        _cross_check(row, "per", row.per, error_rate_from_arks(
-            expdir / "pr" / "test-hyp.ark", expdir / "pr" / "test-ref.ark", whitespace_split=False))
+    wers = {}
+    for seed, (wer, run) in read_runs(expdir / "asr", "test-clean.log", "wer").items():
+        _cross_check(row, "wer", wer, error_rate_from_arks(run / "test-clean-noLM-hyp.ark", run / "test-clean-noLM-ref.ark"))
+        wers[seed] = wer
+    _set_runs(row, "wer", wers)
+    pers = {}
+    for seed, (per, run) in read_runs(expdir / "pr", "test.log", "per").items():
+        pers[seed] = 100.0 * per  # ctc's per is a fraction; the table is in %
+        _cross_check(row, "per", pers[seed], error_rate_from_arks(run / "test-hyp.ark", run / "test-ref.ark", whitespace_split=False))
+    _set_runs(row, "per", pers)
     qbe = read_qbe_result(expdir / "qbe" / "qbe_result.json")
     if qbe:
         row.mtwv, row.qbe_layer = qbe["eval_mtwv"], qbe["layer"]
         row.qbe_protocol, row.qbe_scope = qbe["protocol"], qbe["scope"]
-    for metric, what in (("wer", "asr/test-clean.log"), ("per", "pr/test.log"), ("mtwv", "qbe/qbe_result.json")):
+        if qbe["interval"]:
+            row.intervals["mtwv"] = qbe["interval"]
+        if qbe["last"]:
+            row.mtwv_last, row.qbe_last_layer = qbe["last"]["eval_mtwv"], qbe["last"]["layer"]
+            if qbe["last"]["interval"]:
+                row.intervals[LAST] = qbe["last"]["interval"]
+    for metric, what in (("wer", "asr/seed<S>/test-clean.log"), ("per", "pr/seed<S>/test.log"), ("mtwv", "qbe/qbe_result.json")):
         if getattr(row, metric) is None:
             logger.warning("%s: no %s result in %s; marked missing", expdir, TASK_OF[metric], expdir / what)
     return row
@@ -240,12 +315,21 @@ def compare(row: ModelResult, base: ModelResult | None, metric: str, kind: str =
         return MISSING if row.source == "reproduced" else NOT_REPORTED
     if metric == "mtwv" and (row.qbe_protocol, row.qbe_scope) != (base.qbe_protocol, base.qbe_scope):
         return "n/a (QbE protocol/scope differ)"
+    if metric == LAST and row.qbe_scope != base.qbe_scope:
+        return "n/a (QbE scope differs)"
     value = relative_improvement(metric, getattr(row, metric), getattr(base, metric))
     return NA if value is None else value
 
 
 def build_table(rows: list[ModelResult]) -> list[dict]:
-    """Plain records, one per row: metrics and relative improvements vs HuBERT and SPIN of its own source."""
+    """Plain records, one per row: metrics with their uncertainty and relative improvements (on the means)
+    vs HuBERT and SPIN of its own source.
+
+    Columns: ``wer``, ``wer_sd``, ``wer_n``, ``per``, ``per_sd``, ``per_n`` (mean, sd over seeds, seed count),
+    ``mtwv``, ``mtwv_low``, ``mtwv_high``, ``qbe_layer``, ``mtwv_last``, ``mtwv_last_low``, ``mtwv_last_high``,
+    ``qbe_last_layer`` (bootstrap intervals over queries), ``qbe_protocol``, ``qbe_scope``, then
+    ``rel_{asr,pr,qbe,qbe_last}_vs_{hubert,spin}``, ``citation``, ``notes``.
+    """
     table = []
     for source in ("reproduced", "reported"):
         group = [r for r in rows if r.source == source]
@@ -253,14 +337,21 @@ def build_table(rows: list[ModelResult]) -> list[dict]:
         for row in group:
             empty = MISSING if source == "reproduced" else NOT_REPORTED
             rec = {"model": row.name, "kind": row.kind, "source": source}
-            for metric in METRICS:
+            for metric in ("wer", "per"):
                 rec[metric] = empty if getattr(row, metric) is None else getattr(row, metric)
-            rec["qbe_layer"] = row.qbe_layer if row.qbe_layer is not None else (empty if source == "reproduced" else NA)
+                rec[f"{metric}_sd"] = row.sd.get(metric, NA)
+                rec[f"{metric}_n"] = len(row.runs[metric]) if metric in row.runs else NA
+            for metric, layer in (("mtwv", row.qbe_layer), (LAST, row.qbe_last_layer)):
+                rec[metric] = empty if getattr(row, metric) is None else getattr(row, metric)
+                low, high = row.intervals.get(metric, (NA, NA))
+                rec[f"{metric}_low"], rec[f"{metric}_high"] = low, high
+                key = "qbe_layer" if metric == "mtwv" else "qbe_last_layer"
+                rec[key] = layer if layer is not None else (empty if source == "reproduced" else NA)
             rec["qbe_protocol"] = row.qbe_protocol or NA
             rec["qbe_scope"] = row.qbe_scope or NA
             for kind, base in bases.items():
-                for metric in METRICS:
-                    rec[f"rel_{TASK_OF[metric].lower()}_vs_{kind}"] = compare(row, base, metric, kind)
+                for metric in (*METRICS, LAST):
+                    rec[f"rel_{REL_KEY[metric]}_vs_{kind}"] = compare(row, base, metric, kind)
             rec["citation"] = row.citation
             rec["notes"] = "; ".join(row.notes)
             table.append(rec)
@@ -292,88 +383,6 @@ def provenance(argv: list[str] | None = None) -> dict[str, str]:
     }
 
 
-def _cell(value, digits: int, percent: bool = False) -> str:
-    if isinstance(value, str) or value is None:
-        return value or NA
-    return f"{value:+.{digits}f}%" if percent else f"{value:.{digits}f}"
-
-
-def write_csv(table: list[dict], path: Path, header: list[str]) -> Path:
-    """CSV with ``#`` comment lines on top (read with ``pandas.read_csv(path, comment="#")``)."""
-    from score_upstream.atomic import atomic_write_bytes
-
-    buf = io.StringIO()
-    buf.write("".join(f"# {h}\n" for h in header))
-    writer = csv.DictWriter(buf, fieldnames=list(table[0]) if table else ["model"], lineterminator="\n")
-    writer.writeheader()
-    for rec in table:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in rec.items()})
-    return atomic_write_bytes(buf.getvalue().encode(), path)
-
-
-def markdown(table: list[dict], header: list[str], title: str) -> str:
-    """Two markdown tables (reproduced, reported); vs-SPIN columns only where a SPIN row exists."""
-    out = [f"# {title}", "", *(f"> {h}  " for h in header), ""]
-    for source, heading in (("reproduced", "Reproduced by this project"), ("reported", "Reported by papers")):
-        rows = [r for r in table if r["source"] == source]
-        if not rows:
-            continue
-        kinds = ["hubert"] + (["spin"] if any(r["kind"] == "spin" for r in rows) else [])
-        cols = ["Model", "Kind", "WER % (ASR)", "PER % (PR)", "MTWV (QbE)", "QbE layer"]
-        cols += [f"{TASK_OF[m]} vs {'HuBERT' if k == 'hubert' else 'SPIN'}" for k in kinds for m in METRICS]
-        cols += ["Source" if source == "reported" else "Checkpoint"]
-        out += [f"## {heading}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for r in rows:
-            cells = [r["model"], r["kind"], _cell(r["wer"], 2), _cell(r["per"], 2), _cell(r["mtwv"], 4), str(r["qbe_layer"])]
-            cells += [_cell(r[f"rel_{TASK_OF[m].lower()}_vs_{k}"], 2, True) for k in kinds for m in METRICS]
-            cells += [r["citation"] or NA]
-            out.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-        notes = [f"{r['model']}: {r['notes']}" for r in rows if r["notes"]]
-        scopes = sorted({f"{r['qbe_protocol']} / {r['qbe_scope']}" for r in rows if r["qbe_protocol"] != NA})
-        out += [""] + ([f"QbE protocol / scope: {', '.join(scopes)}.", ""] if scopes else []) + [f"- {n}" for n in notes]
-        out += [""] if notes else []
-    out += ["Relative improvement: (base - new) / base for WER and PER, (new - base) / base for MTWV; "
-            "positive = better. Reproduced rows are compared with reproduced baselines only.", ""]
-    return "\n".join(out)
-
-
-def plot(table: list[dict], path: Path, title: str) -> Path:
-    """Grouped bars of the relative improvements vs HuBERT (%), one group per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = [
-        (f"{r['model']} ({r['source']})", [r[f"rel_{TASK_OF[m].lower()}_vs_hubert"] for m in METRICS])
-        for r in table
-        if r["kind"] != "hubert" and any(isinstance(r[f"rel_{TASK_OF[m].lower()}_vs_hubert"], float) for m in METRICS)
-    ]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    width = 0.8 / max(1, len(series))
-    for i, (label, values) in enumerate(series):
-        xs = [t + (i - (len(series) - 1) / 2) * width for t in range(len(METRICS))]
-        ys = [v if isinstance(v, float) else 0.0 for v in values]
-        bars = ax.bar(xs, ys, width, label=label)
-        for bar, v in zip(bars, values):
-            ax.annotate(f"{v:+.2f}%" if isinstance(v, float) else str(v), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom" if bar.get_height() >= 0 else "top", fontsize=7)
-    if not series:
-        ax.text(0.5, 0.5, "no relative improvement available (missing runs or baseline)", ha="center", transform=ax.transAxes)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(METRICS)), [f"{TASK_OF[m]} ({m.upper()})" for m in METRICS])
-    ax.set_ylabel("relative improvement vs HuBERT (%)")
-    ax.set_title(textwrap.fill(title, 90), fontsize=9)
-    ax.margins(y=0.15)  # room for the value labels above and below the bars
-    if series:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     """``score-results EXPDIR... --out DIR [--reported CSV | --no-reported] [--title T] [--banner B]``."""
     parser = argparse.ArgumentParser(prog="score-results", description="SUPERB ASR/PR/QbE tables from experiment folders.")
@@ -402,11 +411,15 @@ def main(argv: list[str] | None = None) -> int:
         ]
         title = f"{args.title} ({args.banner})" if args.banner else args.title
         table = build_table(rows)
+        from score_upstream.report.render import markdown, write_csv
+
         out = Path(args.out)
         write_csv(table, out / "superb.csv", header)
         from score_upstream.atomic import atomic_write_bytes
 
         atomic_write_bytes(markdown(table, header, title).encode(), out / "superb.md")
+        from score_upstream.report.plot import plot
+
         plot(table, out / "superb.png", title)
     except ResultsError as e:
         print(f"score-results: error: {e}", file=sys.stderr)
