@@ -36,7 +36,7 @@ from score_upstream.synth.voices import draw_speakers
 __all__ = ["SIZES", "SynthCorpus", "SynthError", "SynthSize", "corpus_voices", "generate"]
 
 logger = logging.getLogger(__name__)
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ class SynthSize:
         docs_per_query: range of documents each query is planted in.
         negative_docs: documents without any query.
         doc_voices / query_voices: distinct voices speaking documents / queries.
+        query_style: ``(rate_ratio, pitch_delta)`` of each query's speaking rate and pitch against its
+            voice's (see :func:`score_upstream.synth.quesst.plan_quesst`); ``(1.0, 0)``: as the voice speaks.
     """
 
     speakers: tuple[int, int, int]
@@ -61,6 +63,7 @@ class SynthSize:
     negative_docs: int
     doc_voices: int
     query_voices: int
+    query_style: tuple[float, int] = (1.0, 0)
 
 
 SIZES: dict[str, SynthSize] = {
@@ -68,8 +71,11 @@ SIZES: dict[str, SynthSize] = {
     "tiny": SynthSize((3, 2, 2), (8, 4, 4), (1, 1), (6, 6), (1, 2), 10, 3, 2),
     # a quick look: ~6 min of training speech
     "small": SynthSize((6, 3, 3), (12, 6, 6), (1, 2), (10, 10), (2, 3), 30, 4, 3),
-    # the demo: ~13 min of training speech, 40 queries
-    "demo": SynthSize((10, 4, 4), (16, 8, 8), (1, 2), (20, 20), (2, 4), 60, 6, 4),
+    # the demo: ~10 min of training speech; 100 queries spoken 0.67-1.5x as fast as their voice, pitch +-20,
+    # so that query and occurrence differ in speaking rate and pitch (what SCORE targets) as well as in
+    # voice; enough queries to tell checkpoints apart (SPEC §5). The speaker counts are those of earlier
+    # versions: the demo's voices, which the pre-training corpus avoids, stay the same.
+    "demo": SynthSize((10, 4, 4), (16, 8, 8), (1, 2), (50, 50), (2, 3), 60, 6, 4, (1.5, 20)),
     # HuBERT pre-training: ~3.7 h from 60 speakers (use --disjoint-from to keep the demo's voices out);
     # the QbE part is a token one
     "pretrain": SynthSize((60, 4, 1), (45, 10, 2), (1, 2), (1, 1), (1, 1), 1, 1, 1),
@@ -139,8 +145,8 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny", jobs
     manifest_path = root / "synth_manifest.json"
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if (old.get("version"), old.get("seed"), old.get("size"), old.get("disjoint_from", [])) == (
-                MANIFEST_VERSION, seed, size, [list(d) for d in disjoint_from]):
+        want = (MANIFEST_VERSION, seed, size, json.loads(json.dumps(asdict(spec))), [list(d) for d in disjoint_from])
+        if (old.get("version"), old.get("seed"), old.get("size"), old.get("spec"), old.get("disjoint_from", [])) == want:
             logger.info("%s already holds the %s corpus for seed %d; reusing it", root, size, seed)
             return _corpus(root, old)
     targets = [root / "LibriSpeech", root / "quesst14Database", root / "librispeech-lexicon.txt", manifest_path]
@@ -174,7 +180,7 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny", jobs
 
     ls_plan = plan_librispeech(vocab, by_split, dict(zip(splits, spec.utts)), spec.clauses, rng)
     queries, docs = plan_quesst(vocab, doc_voices, query_voices, dict(zip(("dev", "eval"), spec.queries)),
-                                spec.docs_per_query, spec.negative_docs, rng)
+                                spec.docs_per_query, spec.negative_docs, rng, spec.query_style)
     audio = render_all([u.job for u in ls_plan] + [q.job for q in queries] + [d.job for d in docs], jobs)
     ls_audio = audio[: len(ls_plan)]
     q_audio = audio[len(ls_plan) : len(ls_plan) + len(queries)]

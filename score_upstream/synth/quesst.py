@@ -20,6 +20,8 @@ planted occurrences are the only ones.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from score_upstream.synth.voices import Speaker
 
 QUESST_SAMPLE_RATE = 8000
 LANGUAGE = "nnenglish"
+RATE_LIMITS = (80, 400)  # espeak-ng's usable words-per-minute range
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,17 @@ def _pick_queries(vocab: Vocabulary, n: int, rng: random.Random, phrase_ratio: f
     return queries
 
 
+def _restyle(speaker: Speaker, style: tuple[float, int], rng: random.Random) -> Speaker:
+    """``speaker`` at a random rate and pitch within ``style`` (see :func:`plan_quesst`)."""
+    ratio, delta = style
+    if ratio == 1.0 and delta == 0:
+        return speaker
+    factor = math.exp(rng.uniform(-math.log(ratio), math.log(ratio)))
+    rate = min(RATE_LIMITS[1], max(RATE_LIMITS[0], round(speaker.rate * factor)))
+    pitch = min(99, max(0, speaker.pitch + rng.randint(-delta, delta)))
+    return dataclasses.replace(speaker, rate=rate, pitch=pitch)
+
+
 def plan_quesst(
     vocab: Vocabulary,
     doc_speakers: list[Speaker],
@@ -86,6 +100,7 @@ def plan_quesst(
     docs_per_query: tuple[int, int],
     n_negative_docs: int,
     rng: random.Random,
+    query_style: tuple[float, int] = (1.0, 0),
 ) -> tuple[list[Query], list[Document]]:
     """Decide queries and documents.
 
@@ -96,6 +111,10 @@ def plan_quesst(
         docs_per_query: inclusive range of documents each query is planted in.
         n_negative_docs: documents holding no query at all.
         rng: the only source of randomness.
+        query_style: ``(rate_ratio, pitch_delta)``: each query is spoken at its voice's rate times a factor
+            drawn log-uniformly from ``[1/rate_ratio, rate_ratio]`` and its pitch plus an integer from
+            ``[-pitch_delta, pitch_delta]``, so queries and their occurrences differ in speaking rate and
+            pitch as well as in voice. ``(1.0, 0)`` speaks them as the voice does (draws nothing).
     """
     all_q = _pick_queries(vocab, sum(n_queries.values()), rng)
     exclude = frozenset(w for q in all_q for w in q)
@@ -105,7 +124,7 @@ def plan_quesst(
             words = all_q[len(queries)]
             job = RenderJob(
                 chunks=(" ".join(words),),
-                speaker=rng.choice(query_speakers),
+                speaker=_restyle(rng.choice(query_speakers), query_style, rng),
                 pauses=(round(rng.uniform(0.03, 0.12), 3), round(rng.uniform(0.03, 0.12), 3)),
                 gain=round(rng.uniform(0.4, 0.9), 3),
                 noise_seed=rng.getrandbits(32),

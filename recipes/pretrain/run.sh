@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Pre-trains the small HuBERT that the demo starts from, on synthetic speech the project makes, in two
+# HuBERT iterations (MFCC units, then units of layer 4 of the first model), and packages it with its
+# provenance as score_upstream/pretrained/hubert_small_synth.pt. About 45 min on 2 CPU cores.
+#
+#   recipes/pretrain/run.sh                       # data/pretrain, exp/pretrain, the packaged model
+#   recipes/pretrain/run.sh --stage 3             # from iteration 2 on
+#
+# Stages (--stage N --stop-stage M; a finished stage is skipped on a rerun, --force true redoes it):
+#   1 corpus:       score-synth --size pretrain, no voice of the demo corpus  -> DATA
+#   2 iteration 1:  score-pretrain small_iter1.yaml (MFCC k-means units)      -> EXP/iter1/hubert.pt
+#   3 iteration 2:  score-pretrain small_iter2.yaml (iteration-1 layer units) -> EXP/iter2/hubert.pt
+#   4 package:      float16 weights + provenance                              -> OUT
+#
+# Options (default in brackets):
+#   --data DIR            pre-training corpus [data/pretrain]
+#   --seed N              corpus seed [1]
+#   --demo-seed N         seed of the demo corpus whose voices are kept out [0]
+#   --exp DIR             experiment folder [exp/pretrain]
+#   --out PATH            packaged model [score_upstream/pretrained/hubert_small_synth.pt]
+#   --iterations N        1 or 2 HuBERT iterations [2]
+#   --force BOOL          rerun stages already marked done [false]
+#   --stage N / --stop-stage M   first and last stage to run [1 / 4]
+set -euo pipefail
+SCORE_RECIPE=pretrain
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+source "$root/recipes/lib/common.sh"
+
+stage=1            # first stage to run
+stop_stage=4       # last stage to run
+data=data/pretrain # pre-training corpus
+seed=1             # corpus seed
+demo_seed=0        # the demo corpus whose voices stay out
+exp=exp/pretrain   # experiment folder
+out=score_upstream/pretrained/hubert_small_synth.pt  # packaged model
+iterations=2       # HuBERT iterations
+force=false        # rerun finished stages
+OPTIONS="stage stop_stage data seed demo_seed exp out iterations force"
+parse_options "$@"
+[ ${#ARGS[@]} -eq 0 ] || die "unexpected argument: ${ARGS[0]} (see --help)"
+[[ "$iterations" =~ ^[12]$ ]] || die "--iterations must be 1 or 2, got '$iterations'"
+cd "$root"
+STAGE_DIR="$exp"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
+
+stage_corpus() {
+  score-synth --out "$data" --size pretrain --seed "$seed" --disjoint-from "demo:$demo_seed" || exit 2
+}
+stage_iter1() {
+  score-pretrain recipes/pretrain/small_iter1.yaml --data "$data" --out "$exp/iter1" resume=auto || exit 2
+}
+stage_iter2() {
+  score-pretrain recipes/pretrain/small_iter2.yaml --data "$data" --out "$exp/iter2" resume=auto \
+    "labels.model=$exp/iter1/hubert.pt" || exit 2
+}
+stage_package() {
+  local final="$exp/iter1/hubert.pt"
+  [ "$iterations" = 1 ] || final="$exp/iter2/hubert.pt"
+  require_file "$final" "pre-trained model" "run the earlier stages"
+  "$(score_python)" -m score_upstream.pretrained package "$final" "$out" --recipe "recipes/pretrain/run.sh --iterations $iterations --seed $seed --demo-seed $demo_seed" || exit 2
+}
+
+run_stage 1 "corpus: score-synth pretrain seed $seed, disjoint from demo:$demo_seed -> $data" stage_corpus
+run_stage 2 "iteration 1: MFCC units -> $exp/iter1/hubert.pt" stage_iter1
+if [ "$iterations" = 2 ]; then
+  run_stage 3 "iteration 2: layer-4 units of iteration 1 -> $exp/iter2/hubert.pt" stage_iter2
+else
+  run_stage 3 "iteration 2: skipped (--iterations 1)" true
+fi
+run_stage 4 "package: $exp/iter$iterations/hubert.pt -> $out" stage_package
+log "done: $out"

@@ -1,0 +1,5 @@
+import sys
+
+from score_upstream.pretrained import main
+
+sys.exit(main())
