@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from score_upstream.training.data import (DataError, PairDataset, UpdateCollate, UpdateSampler, build_manifest,
-                                 load_manifest, scan_librispeech, split_micro_batches, update_groups)
+                                          epoch_order, load_manifest, scan_librispeech, split_micro_batches)
 
 
 @pytest.fixture()
@@ -55,17 +55,33 @@ def test_missing_or_empty_path_says_so(tmp_path):
         scan_librispeech(tmp_path, ["dev-clean"])
 
 
-def test_update_groups_deterministic_disjoint_and_bucketed():
+def test_epoch_order_deterministic_and_bucketed():
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(16000, 300000, (203,), generator=g).tolist()
-    a = update_groups(lengths, 8, seed=1, epoch=0)
-    assert a == update_groups(lengths, 8, seed=1, epoch=0)
-    assert a != update_groups(lengths, 8, seed=1, epoch=1) and a != update_groups(lengths, 8, seed=2, epoch=0)
-    flat = [i for grp in a for i in grp]
-    assert len(a) == 25 and all(len(grp) == 8 for grp in a) and len(set(flat)) == 200
-    b = update_groups(lengths, 8, seed=1, epoch=0, bucket_window=10)
-    spread = lambda gs: sum(max(lengths[i] for i in grp) - min(lengths[i] for i in grp) for grp in gs)  # noqa: E731
+    a = epoch_order(lengths, 8, seed=1, epoch=0)
+    assert a == epoch_order(lengths, 8, seed=1, epoch=0) and sorted(a) == list(range(203))
+    assert a != epoch_order(lengths, 8, seed=1, epoch=1) and a != epoch_order(lengths, 8, seed=2, epoch=0)
+    b = epoch_order(lengths, 8, seed=1, epoch=0, bucket_window=10)
+    assert sorted(b) == list(range(203))
+    spread = lambda o: sum(max(lengths[i] for i in o[s:s + 8]) - min(lengths[i] for i in o[s:s + 8])  # noqa: E731
+                           for s in range(0, 200, 8))
     assert spread(b) < 0.5 * spread(a)  # length bucketing cuts padding
+
+
+@pytest.mark.parametrize("bucket_window", [0, 10])
+def test_updates_cross_epoch_boundaries_and_drop_nothing(bucket_window):
+    # s3prl's runner counts backward steps across epochs: 203 utterances x 2 epochs = 50.75 updates of 8
+    lengths = torch.randint(16000, 300000, (203,), generator=torch.Generator().manual_seed(0)).tolist()
+    s = UpdateSampler(lengths, 8, seed=1, bucket_window=bucket_window)
+    s.set_position(0, 51)
+    groups = list(s)
+    assert len(groups) == 51 and all(len(grp) == 8 for grp in groups)
+    items = [it for grp in groups for it in grp]
+    for e in (0, 1):
+        assert sorted(i for i, ep in items if ep == e) == list(range(203))  # every utterance once per epoch
+    assert [ep for _, ep in groups[25]] == [0, 0, 0, 1, 1, 1, 1, 1]  # the boundary update spans both epochs
+    assert len({i for i, _ in groups[25]}) == 8
+    assert s.epoch_of(25) == 0 and s.epoch_of(26) == 1
 
 
 def test_micro_batches_respect_budget_and_keep_long_items():
@@ -79,14 +95,17 @@ def test_micro_batches_respect_budget_and_keep_long_items():
 
 def test_sampler_shards_and_resumes():
     lengths = list(range(1000, 1040))
-    full = list(UpdateSampler(lengths, 8, seed=0))
-    r0 = list(UpdateSampler(lengths, 8, seed=0, rank=0, world=2))
-    r1 = list(UpdateSampler(lengths, 8, seed=0, rank=1, world=2))
+    samplers = [UpdateSampler(lengths, 8, seed=0), UpdateSampler(lengths, 8, seed=0, rank=0, world=2),
+                UpdateSampler(lengths, 8, seed=0, rank=1, world=2)]
+    for s in samplers:
+        s.set_position(0, 7)
+    full, r0, r1 = (list(s) for s in samplers)
+    assert len(full) == 7
     for f, a, b in zip(full, r0, r1):
         assert sorted(f) == sorted(a + b) and len(a) == len(b) == 4
     s = UpdateSampler(lengths, 8, seed=0)
-    s.set_position(0, 3)
-    assert list(s) == full[3:]
+    s.set_position(3, 7)
+    assert list(s) == full[3:] and len(s) == 4
     with pytest.raises(DataError, match="not divisible"):
         UpdateSampler(lengths, 8, seed=0, rank=0, world=3)
 
@@ -109,3 +128,23 @@ def test_views_do_not_depend_on_order_or_workers(tiny_corpus):
     originals = [PairDataset(utts[:6], None, seed=5)[(i, 2)]["original"] for i in range(6)]
     for it, orig in zip(a, originals):  # one side is the original, the other the perturbed view
         assert torch.equal(it["student"], orig) != torch.equal(it["target"], orig)
+
+
+def test_batches_pin_for_real(monkeypatch):
+    # torch's DataLoader pins a batch through its pin_memory() method; a plain dataclass came back unpinned
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from score_upstream.training.data import MicroBatch, Originals, UpdateBatch
+
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a, **k: pinned.append(t) or t.clone())
+    w, n = torch.ones(2, 5), torch.tensor([5, 3])
+    batch = UpdateBatch(micro=[MicroBatch(w, n, 2 * w, n, [0, 1])], num_pairs=2, failed=[(7, "x: broken")])
+    out = pin_memory(batch)
+    assert isinstance(out, UpdateBatch) and out.failed == batch.failed and out.num_pairs == 2
+    assert torch.equal(out.micro[0].target, 2 * w) and out.micro[0].student is not w and len(pinned) == 2
+    out = pin_memory(UpdateBatch(originals=Originals(w, n, [0, 1]), num_pairs=2))
+    assert out.originals.wav is not w and len(pinned) == 3 and out.micro == []
+    if torch.cuda.is_available():
+        monkeypatch.undo()
+        assert pin_memory(batch).micro[0].student.is_pinned()

@@ -70,7 +70,8 @@ def test_tiny_run_lowers_loss_and_writes_loadable_model(tiny_corpus, tmp_path):
 
 
 def test_resume_gives_same_weights_as_uninterrupted(tiny_corpus, tmp_path):
-    args = ["optim.total_steps=4", "optim.warmup_steps=1", "save_every=2", *FAST]
+    # 24 utterances, 7 per update: the 4th update takes 3 from epoch 0 and 4 from epoch 1, after the resume
+    args = ["optim.total_steps=4", "optim.warmup_steps=1", "save_every=2", *FAST, "data.utterances_per_update=7"]
     T.train(RECIPE, tiny_corpus, tmp_path / "a", args)
     first = T.train(RECIPE, tiny_corpus, tmp_path / "b", [*args, "stop_at=2"])
     assert first["final"] is None and T.latest_state(tmp_path / "b").name == "state-000002.pt"
@@ -80,6 +81,7 @@ def test_resume_gives_same_weights_as_uninterrupted(tiny_corpus, tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
     sa = torch.load(tmp_path / "a" / "state-000004.pt", weights_only=True)
     sb = torch.load(tmp_path / "b" / "state-000004.pt", weights_only=True)
+    assert sa["epoch"] == sb["epoch"] == 1 and sa["pos"] == sb["pos"] == 4
     assert torch.allclose(sa["trainable"]["head.weight"], sb["trainable"]["head.weight"], atol=1e-6, rtol=0)
 
 

@@ -57,6 +57,9 @@ class DataConfig:
     bucket_window: int = 0  # updates per length-sorting window; 0 = random composition (paper)
     num_workers: int = 0  # DataLoader worker processes
     sample_rate: int = 16000
+    # stop the run when more than this fraction of the manifest could not be loaded, perturbed or encoded
+    # (each such file is reported once and skipped)
+    max_failed_fraction: float = 0.01
 
 
 @dataclass
@@ -253,6 +256,7 @@ def validate(cfg: TrainConfig) -> None:
     need(len(d.subsets) > 0, "data.subsets", d.subsets, "expected at least one subset")
     need(d.bucket_window >= 0, "data.bucket_window", d.bucket_window, "expected >= 0")
     need(d.num_workers >= 0, "data.num_workers", d.num_workers, "expected >= 0")
+    need(0 <= d.max_failed_fraction <= 1, "data.max_failed_fraction", d.max_failed_fraction, "expected a fraction in [0, 1]")
     need(len(p.speeds) > 0 and all(s > 0 for s in p.speeds), "perturb.speeds", p.speeds, "expected positive factors")
     need(cfg.loss.gamma > 0, "loss.gamma", cfg.loss.gamma, "expected > 0")
     need(cfg.model.head_dim > 0, "model.head_dim", cfg.model.head_dim, "expected > 0")

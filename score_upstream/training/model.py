@@ -51,6 +51,14 @@ def frame_lengths(num_samples: torch.Tensor, layout: list[tuple[int, int]]) -> t
     return n.clamp_min(0)
 
 
+def min_input_samples(layout: list[tuple[int, int]]) -> int:
+    """Fewest waveform samples that give the CNN one frame (400 for HuBERT Base): ``L <- (L - 1) s + k``."""
+    n = 1
+    for k, s in reversed(layout):
+        n = (n - 1) * s + k
+    return n
+
+
 def select_trainable(hubert: nn.Module, prefixes: list[str]) -> list[str]:
     """Names of ``hubert``'s parameters starting with one of ``prefixes``; each prefix must match.
 

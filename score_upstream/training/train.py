@@ -9,10 +9,15 @@ Run::
     score-train CONFIG.yaml --data ... --out exp/score resume=auto                           # continue
 
 Each update averages the soft-DTW divergence of ``data.utterances_per_update`` (view, view) pairs, each
-pair normalised by its own N + M (SPEC §1). Processes split every update's utterances; their gradients
-are summed with one all-reduce per update, so any micro-batching gives the same update as batch 1 x
-accumulation. Outputs in ``--out``: ``score_hubert.pt`` (s3prl converted HuBERT format), resumable
-``state-NNNNNN.pt`` checkpoints, ``train_log.csv``, ``config.yaml`` and TensorBoard events.
+pair normalised by its own N + M (SPEC §1), and steps s3prl's AdamW (:mod:`.optim`). Processes split
+every update's utterances; their gradients are summed with one all-reduce per update, so any
+micro-batching gives the same update as batch 1 x accumulation. Updates run across epoch boundaries
+as s3prl's runner counts backward steps (no utterance dropped). A file that cannot be loaded,
+perturbed or encoded is reported once and skipped; more than ``data.max_failed_fraction`` of them stops
+the run. Resuming refuses a changed recipe key unless ``--allow-config-change`` is given.
+Outputs in ``--out``: ``score_hubert.pt`` (s3prl converted HuBERT format), resumable
+``state-NNNNNN.pt`` checkpoints, ``train_log.csv``, ``config.yaml`` (the latest start) and
+``config-<time>.yaml`` (every start), TensorBoard events.
 """
 
 from __future__ import annotations
@@ -34,15 +39,23 @@ import yaml
 
 from score_upstream.audio import AudioError
 from score_upstream.atomic import FORMAT_VERSION_KEY, atomic_save, atomic_write_bytes, prune_checkpoints
-from score_upstream.training.config import ConfigError, TrainConfig, config_to_dict, load_config
-from score_upstream.training.data import (DataError, MicroBatch, PairDataset, UpdateBatch, UpdateCollate, UpdateSampler,
-                                 mix_seed, find_librispeech, load_manifest, pad_batch, split_micro_batches)
-from score_upstream.training.model import ScoreModel
+from score_upstream.training.config import ConfigError, TrainConfig, config_changes, config_to_dict, load_config
+from score_upstream.training.data import (DataError, MicroBatch, Originals, PairDataset, UpdateBatch, UpdateCollate,
+                                          UpdateSampler, cut_micro_batches, find_librispeech, load_manifest, mix_seed,
+                                          min_utterance_samples)
+from score_upstream.training.model import ScoreModel, conv_layout, min_input_samples
+from score_upstream.training.optim import AdamW
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: "pos" counts updates over the whole run (updates cross epoch boundaries)
 STATE_RE = r"state-(\d+)\.pt"
+# keys that may change between a run and its resumption: how the run is driven, not what it computes
+RUN_KEYS = ("resume", "stop_at", "progress", "log_every", "device", "save_every", "keep_checkpoints", "save_hf",
+            "data.num_workers", "data.batch_seconds", "data.max_failed_fraction")
+# what one file's trouble raises (AudioError, PerturbError, SoftDTWError, torch's RuntimeError); other
+# exception types are bugs and propagate
+ITEM_ERRORS = (RuntimeError, ValueError)
 
 
 class TrainError(RuntimeError):
@@ -93,6 +106,10 @@ def build_perturbation(cfg: TrainConfig):
                              pitch_method=p.pitch_method, sr=cfg.data.sample_rate)
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e)
+
+
 def _rng_state() -> dict:
     np_state = np.random.get_state()
     return {
@@ -122,6 +139,65 @@ def latest_state(out: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+# ------------------------------------------------------------------------------------------ run log
+class RunLog:
+    """``train_log.csv``, TensorBoard events, the tqdm bar and the step line (written by the leader only),
+    and the audio-seconds-per-second rate over the current log window (on every process)."""
+
+    HEADER = ["step", "loss", "lr", "grad_norm", "audio_seconds", "audio_s_per_s", "wall_s"]
+
+    def __init__(self, out: Path, cfg: TrainConfig, initial_step: int, leader: bool):
+        self.total, self.log_every, self.leader = cfg.optim.total_steps, cfg.log_every, leader
+        self.t0 = self.window_t = time.perf_counter()
+        self.window_audio = 0.0
+        self.csv_file = self.writer = self.tb = self.bar = None
+        if not leader:
+            return
+        new = not (out / "train_log.csv").exists()
+        self.csv_file = open(out / "train_log.csv", "a", newline="")
+        self.writer = csv.writer(self.csv_file)
+        if new:
+            self.writer.writerow(self.HEADER)
+        try:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tb"))
+        except ImportError:
+            self.tb = None
+        if cfg.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, initial=initial_step, desc="score-train", dynamic_ncols=True,
+                            file=sys.stderr)
+
+    def record(self, rec: dict) -> None:
+        """Add ``audio_s_per_s`` to ``rec`` and write it out."""
+        self.window_audio += rec["audio_seconds"]
+        rate = rec["audio_s_per_s"] = self.window_audio / max(1e-9, time.perf_counter() - self.window_t)
+        step = rec["step"]
+        if self.leader:
+            self.writer.writerow([step, f"{rec['loss']:.6f}", f"{rec['lr']:.6e}", f"{rec['grad_norm']:.4f}",
+                                  f"{rec['audio_seconds']:.2f}", f"{rate:.1f}", f"{time.perf_counter() - self.t0:.1f}"])
+            if self.tb is not None:
+                for k in ("loss", "lr", "grad_norm", "audio_s_per_s"):
+                    self.tb.add_scalar(f"train/{k}", rec[k], step)
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", aps=f"{rate:.0f}")
+            if step % self.log_every == 0 or step == self.total:
+                line = (f"step {step:05d}/{self.total:05d} | loss {rec['loss']:.4f} | lr {rec['lr']:.3e} | "
+                        f"audio-s/s {rate:.1f}")
+                (self.bar.write(line) if self.bar is not None else logger.info(line))
+                self.csv_file.flush()
+        if step % self.log_every == 0:
+            self.window_t, self.window_audio = time.perf_counter(), 0.0
+
+    def close(self) -> None:
+        for h in (self.bar, self.csv_file, self.tb):
+            if h is not None:
+                h.close()
+
+
 # ------------------------------------------------------------------------------------------ the trainer
 class Trainer:
     """Holds everything of one run; :meth:`fit` trains to ``optim.total_steps``."""
@@ -146,43 +222,45 @@ class Trainer:
         np.random.seed((cfg.seed + 1000 * self.rank) % 2**32)
         random.seed(cfg.seed + 1000 * self.rank)
 
-        self.utts, self.skipped_manifest = load_manifest(data_root, cfg.data.subsets, cfg.data.sample_rate,
-                                                         cfg.data.max_seconds)
-        lengths = [u.num_samples for u in self.utts]
-        self.sampler = UpdateSampler(lengths, cfg.data.utterances_per_update, cfg.seed, self.rank, self.world,
-                                     cfg.data.bucket_window)
-        if self.sampler.updates_per_epoch() == 0:
-            raise DataError(f"{data_root}: {len(self.utts)} usable utterances, fewer than "
-                            f"data.utterances_per_update={cfg.data.utterances_per_update}")
-        if loss_fn is None:
-            from score_upstream.sdtw.divergence import soft_dtw_divergence as loss_fn
-        self.loss_fn = loss_fn
-        if perturbation is None:
-            perturbation = build_perturbation(cfg)
-        self.perturbation = perturbation
-        self.dataset = PairDataset(self.utts, None if cfg.perturb.on_device else perturbation, cfg.seed,
-                                   cfg.data.sample_rate)
-        self.loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=self.sampler, collate_fn=UpdateCollate(cfg.data.batch_seconds,
-                                                                                cfg.data.sample_rate),
-            num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(cfg.seed),
-            persistent_workers=False, pin_memory=self.device.type == "cuda")
-
         self.bundle = build_bundle(cfg)
+        self.perturbation = perturbation if perturbation is not None else build_perturbation(cfg)
+        self._build_data(data_root)
+        self.loss_fn = loss_fn
+        if loss_fn is None:
+            from score_upstream.sdtw.divergence import soft_dtw_divergence
+
+            self.loss_fn = soft_dtw_divergence
         self.model = ScoreModel(self.bundle, cfg.model, seed=cfg.seed).to(self.device)
         self.params = self.model.trainable_parameters()
         if self.world > 1:  # identical start on every process
             for p in self.params.values():
                 dist.broadcast(p.data, 0)
         o = cfg.optim
-        self.opt = torch.optim.AdamW(list(self.params.values()), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                     weight_decay=o.weight_decay)
+        self.opt = AdamW(list(self.params.values()), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                         weight_decay=o.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, o.warmup_steps, o.total_steps))
-        self.step, self.epoch, self.pos = 0, 0, 0
+        self.step, self.epoch, self.pos = 0, 0, 0  # pos: updates drawn from the data stream (skipped ones too)
         self.nonfinite_in_row = 0
-        self.failed_files: set[str] = set()
+        self.failed_files: dict[str, str] = {}  # path -> why, each reported once
         self.history: list[dict] = []
+
+    def _build_data(self, data_root) -> None:
+        """Manifest (too-short files rejected), sampler, dataset and loader."""
+        cfg, sr = self.cfg, self.cfg.data.sample_rate
+        min_samples = min_utterance_samples(min_input_samples(conv_layout(self.bundle.model)), cfg.perturb.speeds, sr)
+        self.utts, self.skipped_manifest = load_manifest(data_root, cfg.data.subsets, sr, cfg.data.max_seconds,
+                                                         min_samples)
+        self.sampler = UpdateSampler([u.num_samples for u in self.utts], cfg.data.utterances_per_update, cfg.seed,
+                                     self.rank, self.world, cfg.data.bucket_window)
+        if len(self.utts) < cfg.data.utterances_per_update:
+            raise DataError(f"{data_root}: {len(self.utts)} usable utterances, fewer than "
+                            f"data.utterances_per_update={cfg.data.utterances_per_update}")
+        self.dataset = PairDataset(self.utts, None if cfg.perturb.on_device else self.perturbation, cfg.seed, sr)
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=self.sampler, collate_fn=UpdateCollate(cfg.data.batch_seconds, sr),
+            num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(cfg.seed),
+            persistent_workers=False, pin_memory=self.device.type == "cuda")
 
     # ---------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
@@ -198,7 +276,7 @@ class Trainer:
             "kind": "score_train_state",
             "step": self.step, "epoch": self.epoch, "pos": self.pos, "world_size": self.world,
             "nonfinite_in_row": self.nonfinite_in_row,
-            "failed_files": sorted(self.failed_files),
+            "failed_files": dict(self.failed_files),
             "trainable": {n: p.detach().cpu().clone() for n, p in self.params.items()},
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
@@ -213,14 +291,25 @@ class Trainer:
             prune_checkpoints(self.out, STATE_RE, self.cfg.keep_checkpoints)
             logger.info("saved %s", path)
 
-    def load_state(self, path: Path) -> None:
+    def load_state(self, path: Path, allow_config_change: bool = False) -> None:
+        """Continue from ``path``; a changed recipe key (not in ``RUN_KEYS``) is refused unless allowed."""
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise TrainError(f"{path}: cannot load training state ({e}); delete it to start over") from None
-        if state.get(FORMAT_VERSION_KEY) != STATE_VERSION or state.get("kind") != "score_train_state":
-            raise TrainError(f"{path}: not a score-train state of version {STATE_VERSION} "
-                             f"(found {state.get(FORMAT_VERSION_KEY)!r})")
+        if state.get("kind") != "score_train_state" or state.get(FORMAT_VERSION_KEY) != STATE_VERSION:
+            raise TrainError(f"{path}: expected a score-train state of version {STATE_VERSION}, found "
+                             f"{state.get('kind')!r} version {state.get(FORMAT_VERSION_KEY)!r} (version 1 states come "
+                             "from before updates crossed epoch boundaries); finish that run with the code that "
+                             "wrote it, or start over in a new --out directory")
+        changed = config_changes(state["config"], config_to_dict(self.cfg), ignore=RUN_KEYS)
+        if changed:
+            listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            if not allow_config_change:
+                key = next(iter(changed))
+                raise TrainError(f"{path}: resuming would change config key '{key}' ({listing}); resume with "
+                                 "the recipe and overrides the run started with, or pass --allow-config-change")
+            logger.warning("resuming %s with changed config keys (--allow-config-change): %s", path, listing)
         missing = set(self.params) ^ set(state["trainable"])
         if missing:
             raise TrainError(f"{path}: trainable parameters differ from this config ({sorted(missing)[:3]} ...); "
@@ -232,14 +321,42 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.pos = state["step"], state["epoch"], state["pos"]
         self.nonfinite_in_row = state["nonfinite_in_row"]
-        self.failed_files = set(state["failed_files"])
+        self.failed_files = dict(state["failed_files"])
         if state["world_size"] == self.world:
             _set_rng_state(state["rng"][self.rank])
         else:
             logger.warning("%s was written by %d processes, now %d: dropout RNG restarts from the seed",
                            path, state["world_size"], self.world)
         if self.leader:
-            logger.info("resumed from %s at step %d (epoch %d, update %d of it)", path, self.step, self.epoch, self.pos)
+            logger.info("resumed from %s at step %d (epoch %d, update %d of the data stream)", path, self.step,
+                        self.epoch, self.pos)
+
+    # --------------------------------------------------------------------------- unusable files
+    def _fail(self, failures: dict, index: int, why: str) -> None:
+        path = self.utts[index].path
+        failures[path] = why if why.startswith(path) else f"{path}: {why}"
+
+    def _record_failures(self, new: dict[str, str], any_new: bool) -> None:
+        """Merge this update's unusable files of every process; report each file once; stop above the limit."""
+        if self.world > 1 and any_new:
+            gathered = [None] * self.world
+            dist.all_gather_object(gathered, new)
+            new = {k: v for d in gathered for k, v in d.items()}
+        for path, why in sorted(new.items()):
+            if path not in self.failed_files:
+                self.failed_files[path] = why
+                if self.leader:
+                    logger.warning("skipping %s (%d unusable file(s) so far)", why, len(self.failed_files))
+        limit = self.cfg.data.max_failed_fraction
+        if len(self.failed_files) > limit * len(self.utts):
+            raise TrainError(f"{self.failure_summary()}; more than data.max_failed_fraction={limit:g} of the "
+                             "corpus: fix or remove those files, or raise data.max_failed_fraction")
+
+    def failure_summary(self, show: int = 10) -> str:
+        items = sorted(self.failed_files.values())
+        more = f"\n  ... and {len(items) - show} more" if len(items) > show else ""
+        return (f"{len(items)} of {len(self.utts)} utterances ({len(items) / len(self.utts):.1%}) could not be "
+                "loaded, perturbed or encoded:\n  " + "\n  ".join(items[:show]) + more)
 
     # --------------------------------------------------------------------------------------- update
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
@@ -247,56 +364,88 @@ class Trainer:
             dist.all_reduce(t)
         return t
 
-    def _perturb_on_device(self, batch: UpdateBatch) -> list[MicroBatch]:
-        """Perturb the update's originals batched on the device, then cut (view, view) micro-batches."""
-        mb = batch.micro[0]
-        g = torch.Generator().manual_seed(mix_seed(self.cfg.seed, self.epoch, self.pos, *mb.indices))
-        wav = mb.student.to(self.device)
-        view, view_len, draws = self.perturbation.batch(wav, mb.student_lengths, g)
-        pairs = []
-        for b, d in enumerate(draws):
-            o, p = wav[b, : int(mb.student_lengths[b])], view[b, : int(view_len[b])]
-            pairs.append((p, o) if d["student_gets_perturbed"] else (o, p))
-        longest = [max(s.numel(), t.numel()) for s, t in pairs]
-        out = []
-        for pos in split_micro_batches(longest, int(self.cfg.data.batch_seconds * self.cfg.data.sample_rate)):
-            s, sl = pad_batch([pairs[i][0] for i in pos])
-            t, tl = pad_batch([pairs[i][1] for i in pos])
-            out.append(MicroBatch(s, sl, t, tl, [mb.indices[i] for i in pos]))
-        return out
+    def _perturb_on_device(self, orig: Originals, failures: dict) -> list[MicroBatch]:
+        """Perturb the update's originals batched on the device, then cut (view, view) micro-batches.
 
-    def train_update(self, batch: UpdateBatch) -> dict | None:
-        """Forward/backward over the micro-batches, sum gradients over processes, step. None if skipped."""
-        for msg in batch.failed:
-            if msg not in self.failed_files:
-                self.failed_files.add(msg)
-                logger.warning("skipping unreadable utterance: %s", msg)
-        n_pairs = self._all_reduce(torch.tensor([float(batch.num_pairs)], device=self.device))
-        total_pairs = int(n_pairs.item())
-        if total_pairs == 0:
-            logger.warning("update at step %d had no readable utterance; skipped", self.step)
-            return None
-        loss_sum = torch.zeros((), device=self.device)
-        micro = self._perturb_on_device(batch) if batch.originals else batch.micro
-        for mb in micro:
+        When the batch fails, each item is perturbed alone to find the file(s) at fault.
+        """
+        wav = orig.wav.to(self.device, non_blocking=True)
+        g = torch.Generator().manual_seed(mix_seed(self.cfg.seed, self.pos, *orig.indices))
+        try:
+            done = [(list(range(len(orig.indices))), self.perturbation.batch(wav, orig.lengths, g))]
+        except ITEM_ERRORS as e:
+            if _out_of_memory(e):
+                raise
+            done = []
+            for b, index in enumerate(orig.indices):
+                try:
+                    done.append(([b], self.perturbation.batch(wav[b:b + 1, :int(orig.lengths[b])],
+                                                              orig.lengths[b:b + 1], g)))
+                except ITEM_ERRORS as e1:
+                    if _out_of_memory(e1):
+                        raise
+                    self._fail(failures, index, f"cannot be perturbed ({type(e1).__name__}: {e1})")
+        students, targets, indices = [], [], []
+        for items, (view, view_len, draws) in done:
+            for k, b in enumerate(items):
+                o, p = wav[b, : int(orig.lengths[b])], view[k, : int(view_len[k])]
+                s, t = (p, o) if draws[k]["student_gets_perturbed"] else (o, p)
+                students.append(s)
+                targets.append(t)
+                indices.append(orig.indices[b])
+        if not indices:
+            return []
+        return cut_micro_batches(students, targets, indices, int(self.cfg.data.batch_seconds * self.cfg.data.sample_rate))
+
+    def _backward(self, mb: MicroBatch, failures: dict) -> tuple[torch.Tensor, int]:
+        """Forward and backward of one micro-batch: ``(summed divergence, pairs)``.
+
+        A micro-batch that cannot be encoded is retried pair by pair; a pair that still fails is reported
+        and left out.
+        """
+        try:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 s, s_len, t, t_len = self.model(mb.student.to(self.device, non_blocking=True), mb.student_lengths,
                                                 mb.target.to(self.device, non_blocking=True), mb.target_lengths)
             div = self.loss_fn(s.float(), t.float(), s_len, t_len, gamma=self.cfg.loss.gamma,
                                normalize=self.cfg.loss.normalize)
-            (div.sum() / total_pairs).backward()
-            loss_sum += div.detach().sum()
+        except ITEM_ERRORS as e:
+            if _out_of_memory(e):
+                raise
+            if len(mb.indices) > 1:
+                parts = [self._backward(mb.select(k), failures) for k in range(len(mb.indices))]
+                return sum((p[0] for p in parts), torch.zeros((), device=self.device)), sum(p[1] for p in parts)
+            self._fail(failures, mb.indices[0], f"cannot be encoded ({type(e).__name__}: {e})")
+            return torch.zeros((), device=self.device), 0
+        div.sum().backward()
+        return div.detach().sum(), len(mb.indices)
+
+    def train_update(self, batch: UpdateBatch) -> dict | None:
+        """Forward/backward over the micro-batches, sum gradients over processes, step. None if skipped."""
+        failures: dict[str, str] = {}
+        for index, why in batch.failed:
+            self._fail(failures, index, why)
+        micro = batch.micro if batch.originals is None else self._perturb_on_device(batch.originals, failures)
+        loss_sum, pairs = torch.zeros((), device=self.device), 0
+        for mb in micro:
+            loss, n = self._backward(mb, failures)
+            loss_sum, pairs = loss_sum + loss, pairs + n
         params = list(self.params.values())
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads] + [loss_sum.reshape(1),
-                                                          torch.tensor([batch.audio_seconds], device=self.device)])
-        flat = self._all_reduce(flat)
+        extra = torch.tensor([float(pairs), batch.audio_seconds, float(len(failures))], device=self.device)
+        flat = self._all_reduce(torch.cat([g.reshape(-1) for g in grads] + [loss_sum.reshape(1), extra]))
+        total_pairs, audio_seconds = int(flat[-3]), float(flat[-2])
+        self._record_failures(failures, bool(flat[-1] > 0))
+        if total_pairs == 0:
+            self.opt.zero_grad(set_to_none=True)
+            logger.warning("update at step %d had no usable utterance; skipped", self.step + 1)
+            return None
+        flat /= total_pairs  # each pair weighs 1 / pairs of the update, as batch 1 x accumulation
         offset = 0
         for p in params:
             p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
             offset += p.numel()
-        loss = float(flat[-2]) / total_pairs
-        audio_seconds = float(flat[-1])
+        loss = float(flat[-4])
         clip = self.cfg.optim.grad_clip
         gnorm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
         if not (math.isfinite(loss) and torch.isfinite(gnorm)):
@@ -318,90 +467,71 @@ class Trainer:
                 "pairs": total_pairs}
 
     # ------------------------------------------------------------------------------------------ fit
-    def fit(self) -> dict:
-        cfg, total = self.cfg, self.cfg.optim.total_steps
-        stop = cfg.stop_at or total
-        if cfg.resume != "false":
-            found = latest_state(self.out) if self.out.is_dir() else None
-            if found is None and cfg.resume == "true":
-                raise TrainError(f"{self.out}: resume=true but no state-NNNNNN.pt checkpoint there; use resume=auto "
-                                 "to start fresh when none exists")
-            if found is not None:
-                self.load_state(found)
-        if self.leader:
-            resolved = config_to_dict(cfg)
-            logger.info("resolved config:\n%s", yaml.safe_dump(resolved, sort_keys=False).rstrip())
-            atomic_write_bytes(yaml.safe_dump(resolved, sort_keys=False).encode(), self.out / "config.yaml")
-            n_train = sum(p.numel() for p in self.params.values())
-            logger.info("%d utterances (%.1f h), %d updates per epoch; %d trainable parameters in %d tensors; "
-                        "device %s, %s, %d process(es)", len(self.utts),
-                        sum(u.num_samples for u in self.utts) / cfg.data.sample_rate / 3600,
-                        self.sampler.updates_per_epoch(), n_train, len(self.params), self.device,
-                        "bf16 autocast" if self.bf16 else "fp32", self.world)
-        csv_file = writer = tb = bar = None
-        if self.leader:
-            new = not (self.out / "train_log.csv").exists()
-            csv_file = open(self.out / "train_log.csv", "a", newline="")
-            writer = csv.writer(csv_file)
-            if new:
-                writer.writerow(["step", "loss", "lr", "grad_norm", "audio_seconds", "audio_s_per_s", "wall_s"])
-            try:
-                from tensorboardX import SummaryWriter
-
-                tb = SummaryWriter(str(self.out / "tb"))
-            except ImportError:
-                tb = None
-            if cfg.progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=total, initial=self.step, desc="score-train", dynamic_ncols=True, file=sys.stderr)
-        self.model.train()
-        t0 = time.perf_counter()
-        window_t, window_audio = time.perf_counter(), 0.0
+    def fit(self, allow_config_change: bool = False) -> dict:
+        """Resume if asked, train to ``stop_at`` or ``optim.total_steps``, save; returns a summary dict."""
+        self._resume(allow_config_change)
+        self._save_config()
+        log = RunLog(self.out, self.cfg, self.step, self.leader)
         try:
-            while self.step < stop:
-                self.sampler.set_position(self.epoch, self.pos)
-                for batch in self.loader:
-                    self.pos += 1
-                    rec = self.train_update(batch)
-                    if rec is not None:
-                        window_audio += rec["audio_seconds"]
-                        rate = window_audio / max(1e-9, time.perf_counter() - window_t)
-                        rec["audio_s_per_s"] = rate
-                        self.history.append(rec)
-                        if self.leader:
-                            writer.writerow([rec["step"], f"{rec['loss']:.6f}", f"{rec['lr']:.6e}",
-                                             f"{rec['grad_norm']:.4f}", f"{rec['audio_seconds']:.2f}", f"{rate:.1f}",
-                                             f"{time.perf_counter() - t0:.1f}"])
-                            if tb is not None:
-                                for k in ("loss", "lr", "grad_norm", "audio_s_per_s"):
-                                    tb.add_scalar(f"train/{k}", rec[k], rec["step"])
-                            if bar is not None:
-                                bar.update(1)
-                                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", aps=f"{rate:.0f}")
-                            if rec["step"] % cfg.log_every == 0 or rec["step"] == total:
-                                line = (f"step {rec['step']:05d}/{total:05d} | loss {rec['loss']:.4f} | "
-                                        f"lr {rec['lr']:.3e} | audio-s/s {rate:.1f}")
-                                (bar.write(line) if bar is not None else logger.info(line))
-                                csv_file.flush()
-                        if rec["step"] % cfg.log_every == 0:
-                            window_t, window_audio = time.perf_counter(), 0.0
-                        if self.step % cfg.save_every == 0 or self.step in (total, stop):
-                            self.save_state()
-                    if self.step >= stop:
-                        break
-                else:
-                    self.epoch, self.pos = self.epoch + 1, 0
+            self._loop(log)
         finally:
-            if bar is not None:
-                bar.close()
-            if csv_file is not None:
-                csv_file.close()
-            if tb is not None:
-                tb.close()
-        final = self.save_final() if self.leader and self.step >= total else None
+            log.close()
+        return self._finish()
+
+    def _loop(self, log: RunLog) -> None:
+        total = self.cfg.optim.total_steps
+        stop = self.cfg.stop_at or total
+        self.model.train()
+        while self.step < stop:  # an update may be skipped: draw again until ``stop`` updates are done
+            self.sampler.set_position(self.pos, self.pos + stop - self.step)
+            for batch in self.loader:
+                self.pos += 1
+                self.epoch = self.sampler.epoch_of(self.pos)
+                rec = self.train_update(batch)
+                if rec is None:
+                    continue
+                log.record(rec)
+                self.history.append(rec)
+                if self.step % self.cfg.save_every == 0 or self.step in (total, stop):
+                    self.save_state()
+
+    def _resume(self, allow_config_change: bool) -> None:
+        if self.cfg.resume == "false":
+            return
+        found = latest_state(self.out) if self.out.is_dir() else None
+        if found is None and self.cfg.resume == "true":
+            raise TrainError(f"{self.out}: resume=true but no state-NNNNNN.pt checkpoint there; use resume=auto "
+                             "to start fresh when none exists")
+        if found is not None:
+            self.load_state(found, allow_config_change)
+
+    def _save_config(self) -> None:
+        """Log the resolved config; keep it as ``config.yaml`` (latest start) and ``config-<time>.yaml``."""
+        if not self.leader:
+            return
+        cfg = self.cfg
+        text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+        logger.info("resolved config:\n%s", text.rstrip())
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        kept, n = self.out / f"config-{stamp}.yaml", 1
+        while kept.exists():  # two starts within one second
+            kept, n = self.out / f"config-{stamp}-{n}.yaml", n + 1
+        atomic_write_bytes(text.encode(), kept)
+        atomic_write_bytes(text.encode(), self.out / "config.yaml")
+        n_train = sum(p.numel() for p in self.params.values())
+        logger.info("%d utterances (%.1f h), %.1f updates per epoch; %d trainable parameters in %d tensors; "
+                    "device %s, %s, %d process(es)", len(self.utts),
+                    sum(u.num_samples for u in self.utts) / cfg.data.sample_rate / 3600,
+                    self.sampler.updates_per_epoch(), n_train, len(self.params), self.device,
+                    "bf16 autocast" if self.bf16 else "fp32", self.world)
+
+    def _finish(self) -> dict:
+        final = self.save_final() if self.leader and self.step >= self.cfg.optim.total_steps else None
         if self.leader and final is None:
-            logger.info("stopped at step %d of %d (stop_at); continue with resume=true", self.step, total)
+            logger.info("stopped at step %d of %d (stop_at); continue with resume=true", self.step,
+                        self.cfg.optim.total_steps)
+        if self.leader and self.failed_files:
+            logger.warning("skipped during training: %s", self.failure_summary())
         if self.world > 1:
             dist.barrier()
         return {"step": self.step, "final": final, "history": self.history, "failed_files": sorted(self.failed_files),
@@ -423,10 +553,10 @@ class Trainer:
 
 
 def train(config: str | os.PathLike | TrainConfig | None, data: str | os.PathLike, out: str | os.PathLike,
-          overrides: list[str] | tuple[str, ...] = (), **kwargs) -> dict:
+          overrides: list[str] | tuple[str, ...] = (), allow_config_change: bool = False, **kwargs) -> dict:
     """Library entry: load the config (errors before any work), train, return a summary dict."""
     cfg = config if isinstance(config, TrainConfig) else load_config(config, overrides)
-    return Trainer(cfg, data, out, **kwargs).fit()
+    return Trainer(cfg, data, out, **kwargs).fit(allow_config_change)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -437,12 +567,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True, help="directory holding LibriSpeech/<subset>/ (or the subsets)")
     ap.add_argument("--out", required=True, help="output directory (checkpoints, logs, score_hubert.pt)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 model.init=PATH")
+    ap.add_argument("--allow-config-change", action="store_true",
+                    help="resume even though a recipe key differs from the checkpoint's (the change is logged)")
     args = ap.parse_intermixed_args(argv)
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        train(args.config, args.data, args.out, args.overrides)
+        train(args.config, args.data, args.out, args.overrides, args.allow_config_change)
     except (ConfigError, DataError, AudioError, TrainError) as e:
         print(f"score-train: error: {e}", file=sys.stderr)
         return 2
