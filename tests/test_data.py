@@ -148,3 +148,20 @@ def test_batches_pin_for_real(monkeypatch):
     if torch.cuda.is_available():
         monkeypatch.undo()
         assert pin_memory(batch).micro[0].student.is_pinned()
+
+
+def test_shortest_usable_utterance_gives_a_frame_in_every_view():
+    from score_upstream.augment.perturb import pitch_shift, speed_perturb
+    from score_upstream.training.data import min_utterance_samples
+    from score_upstream.training.model import frame_lengths, min_input_samples
+
+    base = [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2  # HuBERT Base's CNN
+    assert min_input_samples(base) == 400
+    assert frame_lengths(torch.tensor([399, 400]), base).tolist() == [0, 1]
+    speeds = [0.9, 1.0, 1.1]
+    n = min_utterance_samples(400, speeds)
+    wav = 0.1 * torch.randn(n, generator=torch.Generator().manual_seed(0))
+    for f in speeds:
+        view = pitch_shift(speed_perturb(wav, f), 2.0)  # the 100-sample crash of issue 11 happened here
+        assert int(frame_lengths(torch.tensor([view.numel()]), base)) >= 1, f
+    assert speed_perturb(wav[:-1], 1.1).numel() < 400  # one sample less loses the frame at 1.1x
