@@ -59,8 +59,9 @@ def _relative_panel(ax, table: list[dict]) -> None:
         ys = [v if isinstance(v, float) else 0.0 for v in values]
         bars = ax.bar(xs, ys, width, label=label)
         for bar, v in zip(bars, values):
-            ax.annotate(f"{v:+.2f}%" if isinstance(v, float) else str(v), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom" if bar.get_height() >= 0 else "top", fontsize=7)
+            if isinstance(v, float):  # an empty slot is a missing / not reported value (see the table)
+                ax.annotate(f"{v:+.2f}%", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom" if v >= 0 else "top", fontsize=7)
     if not series:
         ax.text(0.5, 0.5, "no relative improvement available (missing runs or baseline)", ha="center", transform=ax.transAxes)
     ax.axhline(0, color="black", linewidth=0.8)
