@@ -25,6 +25,8 @@
 #   --tasks "asr pr qbe"  tasks to run [asr pr qbe]
 #   --device DEV          cuda, cpu or auto [auto]
 #   --asr-steps N / --pr-steps N   training updates; empty = the SUPERB configs' [ / ]
+#   --seeds "S1 S2 S3"    ASR and PR downstream seeds, one training run each (EXPDIR/{asr,pr}/seed<S>/); the
+#                         table gives mean ± sd over them; empty = the recipes' default (s3prl's seed 1337) []
 #   --qbe-layer L         best (SUPERB protocol) | last (SCORE authors) | N [best]
 #   --demo-size SIZE      score-synth size of the demo corpus [demo]
 #   --spin-base PATH      the HuBERT checkpoint SPIN models started from (SPIN stores only its own weights);
@@ -46,11 +48,12 @@ tasks="asr pr qbe" # tasks to run
 device=auto        # cuda | cpu | auto
 asr_steps=         # ASR training updates; empty = config's
 pr_steps=          # PR training updates; empty = config's
+seeds=             # ASR/PR downstream seeds ("0 1 2"); empty = the recipes' default
 qbe_layer=best     # QbE layer protocol
 demo_size=demo     # score-synth size for --demo
 setup=true         # --demo: build/refresh .venv with score_setup_env first
 spin_base=         # HuBERT checkpoint a SPIN model started from (score-convert --base)
-OPTIONS="spin_base setup demo model librispeech quesst lexicon exproot out tasks device asr_steps pr_steps qbe_layer demo_size"
+OPTIONS="spin_base setup demo model librispeech quesst lexicon exproot out tasks device asr_steps pr_steps seeds qbe_layer demo_size"
 LIST_OPTIONS="model"
 parse_options "$@"
 for spec in "${ARGS[@]}"; do
@@ -87,9 +90,9 @@ PY
   for task in $tasks; do
     case "$task" in
       asr) "$root/recipes/asr.sh" "${common[@]}" --librispeech "$librispeech" ${asr_steps:+--max-steps "$asr_steps"} \
-             ${asr_opts[@]+"${asr_opts[@]}"} ;;
+             ${seeds:+--seeds "$seeds"} ${asr_opts[@]+"${asr_opts[@]}"} ;;
       pr) "$root/recipes/pr.sh" "${common[@]}" --librispeech "$librispeech" ${lexicon:+--lexicon "$lexicon"} \
-            ${pr_steps:+--max-steps "$pr_steps"} ${pr_opts[@]+"${pr_opts[@]}"} ;;
+            ${pr_steps:+--max-steps "$pr_steps"} ${seeds:+--seeds "$seeds"} ${pr_opts[@]+"${pr_opts[@]}"} ;;
       qbe) "$root/recipes/qbe.sh" "${common[@]}" --quesst-root "$quesst" --layer "$qbe_layer" ;;
       *) die "unknown task '$task' in --tasks; expected asr, pr, qbe" ;;
     esac

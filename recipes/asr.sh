@@ -3,13 +3,14 @@
 # character CTC on LibriSpeech train-clean-100, best on dev-clean, WER on test-clean.
 #
 #   recipes/asr.sh --upstream score_hubert --ckpt exp/score/score_hubert.pt \
-#       --librispeech data/LibriSpeech --expdir exp/superb/score_hubert [--device cuda] [--stage 2]
+#       --librispeech data/LibriSpeech --expdir exp/superb/score_hubert [--device cuda] [--seeds "0 1 2"]
 #
-# Stages (--stage N --stop-stage M; a finished stage is skipped on a rerun, --force true redoes it):
+# Stages (--stage N --stop-stage M; a finished stage is skipped on a rerun, --force true redoes it);
+# stages 2-4 run once per downstream seed, into EXPDIR/asr/seed<S>/ (score-results: mean and sd over seeds):
 #   1 data preparation: check LibriSpeech, write length files       -> EXPDIR/asr/data/len/
-#   2 train:            score-s3prl -m train                        -> EXPDIR/asr/dev-clean-best.ckpt
-#   3 test:             score-s3prl -m evaluate -t test-clean       -> EXPDIR/asr/test-clean.log
-#   4 score:            test WER                                    -> EXPDIR/asr/result.json
+#   2 train:            score-s3prl -m train --seed S               -> EXPDIR/asr/seed<S>/dev-clean-best.ckpt
+#   3 test:             score-s3prl -m evaluate -t test-clean       -> EXPDIR/asr/seed<S>/test-clean.log
+#   4 score:            test WER                                    -> EXPDIR/asr/seed<S>/result.json
 #
 # Options (default in brackets):
 #   --upstream NAME       s3prl upstream name: score_hubert, hubert_local, ... [hubert_local]
@@ -18,6 +19,7 @@
 #   --expdir DIR          experiment dir of this model; ASR goes to EXPDIR/asr [exp/superb/model]
 #   --config PATH         downstream config [packaged score_upstream/superb/asr/config.yaml]
 #   --device DEV          cuda, cpu or auto [auto]
+#   --seeds "S1 S2"       downstream seeds (s3prl --seed), one training run each; 1337 is s3prl's default [1337]
 #   --max-steps N         training updates (also sets eval/save steps to N); empty = config's 200k []
 #   --batch-size N        utterances per batch; empty = config's 32 []
 #   --num-workers N       DataLoader worker processes [2]
@@ -36,14 +38,16 @@ librispeech=data/LibriSpeech  # LibriSpeech root
 expdir=exp/superb/model       # experiment dir of this model
 config=            # downstream config; empty = packaged asr/config.yaml
 device=auto        # cuda | cpu | auto
+seeds=1337         # downstream seeds, one run each (s3prl's default seed is 1337)
 max_steps=         # training updates; empty = the config's
 batch_size=        # batch size; empty = the config's
 num_workers=2      # DataLoader worker processes
 overrides=         # s3prl overrides collected from -o
 force=false        # rerun finished stages
-OPTIONS="stage stop_stage upstream ckpt librispeech expdir config device max_steps batch_size num_workers force"
+OPTIONS="stage stop_stage upstream ckpt librispeech expdir config device seeds max_steps batch_size num_workers force"
 parse_options "$@"
 [ ${#ARGS[@]} -eq 0 ] || die "unexpected argument: ${ARGS[0]} (see --help)"
+check_seeds
 
 recipe_paths asr
 librispeech="$(abspath "$librispeech")"
@@ -73,28 +77,31 @@ stage_train() {
 
 # Best-on-dev checkpoint; the last one when dev never beat s3prl's initial best (a very short run).
 test_checkpoint() {
-  if [ -f "$dir/dev-clean-best.ckpt" ]; then
-    echo "$dir/dev-clean-best.ckpt"
+  if [ -f "$run_dir/dev-clean-best.ckpt" ]; then
+    echo "$run_dir/dev-clean-best.ckpt"
   else
-    log "no dev-clean-best.ckpt in $dir (dev WER never improved on 100%); testing the last checkpoint"
-    ls "$dir"/states-*.ckpt | sort -t- -k2 -n | tail -n 1
+    log "no dev-clean-best.ckpt in $run_dir (dev WER never improved on 100%); testing the last checkpoint"
+    ls "$run_dir"/states-*.ckpt | sort -t- -k2 -n | tail -n 1
   fi
 }
 
 stage_test() {
   resolve_device
-  stage_done 2 || die "missing finished training run in $dir (no stage-2 marker): the train stage did not finish; rerun with --stage 2"
+  stage_done 2 || die "missing finished training run in $run_dir (no stage-2 marker): the train stage did not finish; rerun with --stage 2"
   local best; best="$(test_checkpoint)"
-  run_logged "$dir/test-clean.log" score-s3prl -m evaluate -e "$best" -t test-clean --device "$device"
+  run_logged "$run_dir/test-clean.log" score-s3prl -m evaluate -e "$best" -t test-clean --device "$device"
 }
 
 stage_score() {
-  require_file "$dir/test-clean.log" "test output" "the test stage did not run; rerun with --stage 3"
-  score_log "$dir/test-clean.log" wer "$dir/result.json"
+  require_file "$run_dir/test-clean.log" "test output" "the test stage did not run; rerun with --stage 3"
+  score_log "$run_dir/test-clean.log" wer "$run_dir/result.json"
 }
 
 run_stage 1 "data preparation: $librispeech -> $dir/data/len" stage_prepare
-run_stage 2 "train: $upstream $ckpt + $librispeech/train-clean-100 -> $dir" stage_train
-run_stage 3 "test: $dir (best on dev-clean) + test-clean -> $dir/test-clean.log" stage_test
-run_stage 4 "score: $dir/test-clean.log -> $dir/result.json" stage_score
-log "done: $dir"
+for s in $seeds; do
+  seed_paths "$s"
+  run_stage 2 "train (seed $seed): $upstream $ckpt + $librispeech/train-clean-100 -> $run_dir" stage_train
+  run_stage 3 "test: $run_dir (best on dev-clean) + test-clean -> $run_dir/test-clean.log" stage_test
+  run_stage 4 "score: $run_dir/test-clean.log -> $run_dir/result.json" stage_score
+done
+log "done: $dir/seed<S> for seeds $seeds"

@@ -3,13 +3,15 @@
 # hidden states, Linear(D, 256) then a linear CTC head over 71 phones, best on dev-clean, PER on test-clean.
 #
 #   recipes/pr.sh --upstream score_hubert --ckpt exp/score/score_hubert.pt --librispeech data/LibriSpeech \
-#       --lexicon "data/librispeech-lexicon.txt data/g2p-lexicon.txt" --expdir exp/superb/score_hubert
+#       --lexicon "data/librispeech-lexicon.txt data/g2p-lexicon.txt" --expdir exp/superb/score_hubert \
+#       [--seeds "0 1 2"]
 #
-# Stages (--stage N --stop-stage M; a finished stage is skipped on a rerun, --force true redoes it):
+# Stages (--stage N --stop-stage M; a finished stage is skipped on a rerun, --force true redoes it);
+# stages 2-4 run once per downstream seed, into EXPDIR/pr/seed<S>/ (score-results: mean and sd over seeds):
 #   1 data preparation: check LibriSpeech + lexicon, resolve the config -> EXPDIR/pr/data/config.yaml
-#   2 train:            score-s3prl -m train -d ctc                     -> EXPDIR/pr/dev-best.ckpt
-#   3 test:             score-s3prl -m evaluate -t test                 -> EXPDIR/pr/test.log
-#   4 score:            test PER                                        -> EXPDIR/pr/result.json
+#   2 train:            score-s3prl -m train -d ctc --seed S            -> EXPDIR/pr/seed<S>/dev-best.ckpt
+#   3 test:             score-s3prl -m evaluate -t test                 -> EXPDIR/pr/seed<S>/test.log
+#   4 score:            test PER                                        -> EXPDIR/pr/seed<S>/result.json
 #
 # Options (default in brackets):
 #   --upstream NAME       s3prl upstream name: score_hubert, hubert_local, ... [hubert_local]
@@ -20,6 +22,7 @@
 #   --expdir DIR          experiment dir of this model; PR goes to EXPDIR/pr [exp/superb/model]
 #   --config PATH         base downstream config [packaged score_upstream/superb/pr/config.yaml]
 #   --device DEV          cuda, cpu or auto [auto]
+#   --seeds "S1 S2"       downstream seeds (s3prl --seed), one training run each; 1337 is s3prl's default [1337]
 #   --lr LR               Adam learning rate; s3prl's default is 1e-2, the SCORE authors use 5e-4 [5e-4]
 #   --max-steps N         training updates (also sets eval/save steps to N); empty = config's 100k []
 #   --batch-size N        utterances per batch; empty = config's 16 []
@@ -40,15 +43,17 @@ lexicon=           # lexicon files (space separated); empty = LIBRISPEECH/../lib
 expdir=exp/superb/model       # experiment dir of this model
 config=            # base downstream config; empty = packaged pr/config.yaml
 device=auto        # cuda | cpu | auto
+seeds=1337         # downstream seeds, one run each (s3prl's default seed is 1337)
 lr=5.0e-4          # Adam learning rate (SCORE authors)
 max_steps=         # training updates; empty = the config's
 batch_size=        # batch size; empty = the config's
 num_workers=2      # DataLoader worker processes
 overrides=         # s3prl overrides collected from -o
 force=false        # rerun finished stages
-OPTIONS="stage stop_stage upstream ckpt librispeech lexicon expdir config device lr max_steps batch_size num_workers force"
+OPTIONS="stage stop_stage upstream ckpt librispeech lexicon expdir config device seeds lr max_steps batch_size num_workers force"
 parse_options "$@"
 [ ${#ARGS[@]} -eq 0 ] || die "unexpected argument: ${ARGS[0]} (see --help)"
+check_seeds
 
 recipe_paths pr
 librispeech="$(abspath "$librispeech")"
@@ -78,18 +83,21 @@ stage_train() {
 
 stage_test() {
   resolve_device
-  stage_done 2 || die "missing finished training run in $dir (no stage-2 marker): the train stage did not finish; rerun with --stage 2"
-  require_file "$dir/dev-best.ckpt" "best-on-dev checkpoint" "the train stage did not evaluate on dev; rerun with --stage 2"
-  run_logged "$dir/test.log" score-s3prl -m evaluate -e "$dir/dev-best.ckpt" -t test --device "$device"
+  stage_done 2 || die "missing finished training run in $run_dir (no stage-2 marker): the train stage did not finish; rerun with --stage 2"
+  require_file "$run_dir/dev-best.ckpt" "best-on-dev checkpoint" "the train stage did not evaluate on dev; rerun with --stage 2"
+  run_logged "$run_dir/test.log" score-s3prl -m evaluate -e "$run_dir/dev-best.ckpt" -t test --device "$device"
 }
 
 stage_score() {
-  require_file "$dir/test.log" "test output" "the test stage did not run; rerun with --stage 3"
-  score_log "$dir/test.log" per "$dir/result.json"
+  require_file "$run_dir/test.log" "test output" "the test stage did not run; rerun with --stage 3"
+  score_log "$run_dir/test.log" per "$run_dir/result.json"
 }
 
 run_stage 1 "data preparation: $librispeech + [$lexicon] -> $dir/data/config.yaml" stage_prepare
-run_stage 2 "train: $upstream $ckpt + train-clean-100 -> $dir" stage_train
-run_stage 3 "test: $dir/dev-best.ckpt + test-clean -> $dir/test.log" stage_test
-run_stage 4 "score: $dir/test.log -> $dir/result.json" stage_score
-log "done: $dir"
+for s in $seeds; do
+  seed_paths "$s"
+  run_stage 2 "train (seed $seed): $upstream $ckpt + train-clean-100 -> $run_dir" stage_train
+  run_stage 3 "test: $run_dir/dev-best.ckpt + test-clean -> $run_dir/test.log" stage_test
+  run_stage 4 "score: $run_dir/test.log -> $run_dir/result.json" stage_score
+done
+log "done: $dir/seed<S> for seeds $seeds"

@@ -313,25 +313,48 @@ def _assert_one_error(proc: subprocess.CompletedProcess, *fragments: str) -> str
     return errors[0]
 
 
-def test_pr_recipe_stages_rerun_and_unfinished_runs(tiny_corpus, tiny_hubert_ckpt, tmp_path):
+def _run_seed(run_dir: Path) -> int:
+    """The --seed s3prl's runner was given, as its checkpoint records it."""
+    import torch
+
+    return torch.load(run_dir / "dev-best.ckpt", map_location="cpu", weights_only=False)["Args"].seed
+
+
+def test_pr_recipe_per_seed_stages_rerun_and_unfinished_runs(tiny_corpus, tiny_hubert_ckpt, tmp_path):
     exp = tmp_path / "exp"
     args = ["--upstream", "hubert_local", "--ckpt", tiny_hubert_ckpt, "--librispeech", tiny_corpus / "LibriSpeech",
             "--expdir", exp, *FAST_S3PRL]
-    proc = _run([RECIPES / "pr.sh", *args])
+    proc = _run([RECIPES / "pr.sh", *args, "--seeds", "3"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((exp / "pr" / "result.json").read_text())
+    run = exp / "pr" / "seed3"
+    result = json.loads((run / "result.json").read_text())
     assert result["metric"] == "per" and result["value"] >= 0
     for n in (1, 2, 3, 4):
         assert f"Stage {n}: " in proc.stderr
-    assert (exp / "pr" / "dev-best.ckpt").is_file() and (exp / "pr" / "test-hyp.ark").is_file()
+    assert (run / "dev-best.ckpt").is_file() and (run / "test-hyp.ark").is_file() and _run_seed(run) == 3
+    assert (exp / "pr" / ".stage1.done").is_file() and not (run / ".stage1.done").exists()  # shared by all seeds
 
-    again = _run([RECIPES / "pr.sh", *args])  # every stage is marked done: nothing reruns
-    assert again.returncode == 0 and again.stderr.count("(done, skipping") == 4, again.stderr[-2000:]
+    # a second seed: data preparation and seed 3 are marked done and skipped, seed 5 runs
+    more = _run([RECIPES / "pr.sh", *args, "--seeds", "3 5"])
+    assert more.returncode == 0 and more.stderr.count("(done, skipping") == 4, more.stderr[-2000:]
+    assert "Stage 2: train (seed 5)" in more.stderr and _run_seed(exp / "pr" / "seed5") == 5
+    assert json.loads((run / "result.json").read_text()) == result
+    from score_upstream.report.results import read_experiment
 
-    (exp / "pr" / ".stage2.done").unlink()  # as if training had been killed
-    _assert_one_error(_run([RECIPES / "pr.sh", *args, "--stage", "3"]), "the train stage did not finish", "--stage 2")
-    (exp / "pr" / "test.log").write_text("test:  40%|####      | 2/5\n")  # a test run cut short
-    _assert_one_error(_run([RECIPES / "pr.sh", *args, "--stage", "4"]), "missing 'per' result", "test.log")
+    row = read_experiment(exp)
+    assert sorted(row.runs["per"]) == [3, 5] and row.runs["per"][3] == pytest.approx(100 * result["value"])
+
+    again = _run([RECIPES / "pr.sh", *args, "--seeds", "3 5"])  # every stage is marked done: nothing reruns
+    assert again.returncode == 0 and again.stderr.count("(done, skipping") == 7, again.stderr[-2000:]
+
+    (exp / "pr" / "seed5" / ".stage2.done").unlink()  # as if training seed 5 had been killed
+    _assert_one_error(_run([RECIPES / "pr.sh", *args, "--seeds", "5", "--stage", "3"]),
+                      "the train stage did not finish", "seed5", "--stage 2")
+    (exp / "pr" / "seed5" / "test.log").write_text("test:  40%|####      | 2/5\n")  # a test run cut short
+    _assert_one_error(_run([RECIPES / "pr.sh", *args, "--seeds", "5", "--stage", "4"]), "missing 'per' result",
+                      "seed5/test.log")
+    for bad in ("", "1 x", "2 2"):
+        _assert_one_error(_run([RECIPES / "pr.sh", *args, "--seeds", bad]), "--seeds")
 
 
 def test_asr_recipe_stages(tiny_corpus, tiny_hubert_ckpt, tmp_path):
@@ -341,11 +364,12 @@ def test_asr_recipe_stages(tiny_corpus, tiny_hubert_ckpt, tmp_path):
                  "--librispeech", tiny_corpus / "LibriSpeech", "--expdir", exp, *FAST_S3PRL, "-o", small])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (exp / "asr" / "data" / "len" / "train-clean-100.csv").is_file()
-    result = json.loads((exp / "asr" / "result.json").read_text())
+    result = json.loads((exp / "asr" / "seed1337" / "result.json").read_text())  # one run, s3prl's default seed
     assert result["metric"] == "wer" and result["value"] >= 0
     from score_upstream.report.results import read_experiment
 
-    assert read_experiment(exp).wer == pytest.approx(result["value"])
+    row = read_experiment(exp)
+    assert row.wer == pytest.approx(result["value"]) and row.runs["wer"] == {1337: pytest.approx(result["value"])}
 
 
 def test_qbe_recipe_all_layers_on_dev_best_on_eval(tiny_corpus, tiny_hubert_ckpt, tmp_path):

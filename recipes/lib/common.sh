@@ -100,7 +100,9 @@ _score_is_option() {
 # A marker $STAGE_DIR/.stageN.done holding DESCRIPTION is written on success; a rerun with the
 # same description skips the stage (--force true reruns it) as long as every earlier stage is marked
 # done too. Change an input or output path and the description changes, so the stage runs again.
-# Running a stage drops the markers of all later stages, whose results depended on it.
+# Running a stage drops the markers of all later stages, whose results depended on it, here and in the
+# per-seed folders below STAGE_DIR. A per-seed run (seed_paths) finds the markers of the stages its
+# seeds share (data preparation) in STAGE_PARENT.
 run_stage() {
   local n="$1" what="$2" fn="$3"; shift 3
   if [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ]; then
@@ -108,7 +110,7 @@ run_stage() {
   fi
   local marker="${STAGE_DIR:?STAGE_DIR must be set before run_stage}/.stage${n}.done" k chain=true
   for (( k = 1; k < n; k++ )); do
-    [ -f "$STAGE_DIR/.stage$k.done" ] || chain=false
+    stage_done "$k" || chain=false
   done
   if [ "${force:-false}" != "true" ] && [ "$chain" = true ] && [ -f "$marker" ] && [ "$(cat "$marker")" = "$what" ]; then
     log "Stage $n: $what (done, skipping; remove $marker to redo)"
@@ -117,14 +119,36 @@ run_stage() {
   log "Stage $n: $what"
   mkdir -p "$STAGE_DIR"
   # this stage and every later one are redone: their old results no longer count
-  for (( k = n; k <= 99; k++ )); do rm -f "$STAGE_DIR/.stage$k.done"; done
+  for (( k = n; k <= 99; k++ )); do rm -f "$STAGE_DIR/.stage$k.done" "$STAGE_DIR"/*/.stage"$k".done; done
   "$fn" "$@"
   printf '%s\n' "$what" > "$marker"
 }
 
-# stage_done N: true when stage N of this experiment has its marker.
+# stage_done N: true when stage N of this experiment (or, for a per-seed run, of the stages its seeds
+# share in STAGE_PARENT) has its marker.
 stage_done() {
-  [ -f "${STAGE_DIR:?}/.stage$1.done" ]
+  [ -f "${STAGE_DIR:?}/.stage$1.done" ] || { [ -n "${STAGE_PARENT:-}" ] && [ -f "$STAGE_PARENT/.stage$1.done" ]; }
+}
+
+# check_seeds: stops unless $seeds is a list of distinct non-negative integers ("0 1 2").
+check_seeds() {
+  local s seen=" "
+  [ -n "${seeds// /}" ] || die "--seeds is empty; give one or more downstream seeds, e.g. --seeds \"0 1 2\""
+  for s in $seeds; do
+    [[ "$s" =~ ^[0-9]+$ ]] || die "--seeds must be non-negative integers separated by spaces, got '$seeds'"
+    [[ "$seen" != *" $s "* ]] || die "--seeds lists seed $s twice: '$seeds'"
+    seen+="$s "
+  done
+}
+
+# seed_paths SEED: the downstream run of one seed: seed=SEED and run_dir=$dir/seedSEED, which holds the
+# run's checkpoints, logs, result.json and the markers of its stages (STAGE_DIR); the stages all seeds
+# share keep theirs in $dir (STAGE_PARENT).
+seed_paths() {
+  seed="$1"
+  run_dir="$dir/seed$1"
+  STAGE_DIR="$run_dir"
+  STAGE_PARENT="$dir"
 }
 
 # abspath PATH: prints PATH made absolute (the file need not exist).
@@ -137,17 +161,18 @@ abspath() {
 
 # recipe_paths TASK: what every SUPERB recipe derives from its options: py (the Python for
 # `python -m` calls), expdir and ckpt made absolute, and dir=EXPDIR/TASK, which also holds the stage
-# markers (STAGE_DIR).
+# markers (STAGE_DIR) of the stages before any per-seed run (seed_paths).
 recipe_paths() {
   py="$(score_python)"
   expdir="$(abspath "$expdir")"
   dir="$expdir/$1"
   STAGE_DIR="$dir"
+  STAGE_PARENT=
   [ -z "$ckpt" ] || ckpt="$(abspath "$ckpt")"
 }
 
-# train_downstream DOWNSTREAM CONFIG SECTION OVERRIDES: score-s3prl -m train of $upstream/$ckpt into
-# $dir. After the recipe's own OVERRIDES come the options the ASR and PR recipes share: --max-steps
+# train_downstream DOWNSTREAM CONFIG SECTION OVERRIDES: score-s3prl -m train --seed $seed of
+# $upstream/$ckpt into $run_dir (seed_paths). After the recipe's own OVERRIDES come the options the ASR and PR recipes share: --max-steps
 # (total, eval and save steps; log every min(N, 100)), --num-workers and --batch-size under
 # config.downstream_expert.SECTION, and last the user's -o overrides. Stops when no checkpoint was written.
 train_downstream() {
@@ -159,9 +184,9 @@ train_downstream() {
   o+=",,config.downstream_expert.$section.num_workers=$num_workers"
   [ -z "$batch_size" ] || o+=",,config.downstream_expert.$section.batch_size=$batch_size"
   [ -z "$overrides" ] || o+=",,$overrides"
-  run_logged "$dir/train.log" score-s3prl -m train -a -u "$upstream" -k "$ckpt" -d "$downstream" -c "$config" \
-    -p "$dir" --device "$device" -o "$o"
-  ls "$dir"/states-*.ckpt >/dev/null 2>&1 || die "training wrote no checkpoint in $dir; see $dir/train.log"
+  run_logged "$run_dir/train.log" score-s3prl -m train -a -u "$upstream" -k "$ckpt" -d "$downstream" -c "$config" \
+    -p "$run_dir" --seed "${seed:?seed_paths must run first}" --device "$device" -o "$o"
+  ls "$run_dir"/states-*.ckpt >/dev/null 2>&1 || die "training wrote no checkpoint in $run_dir; see $run_dir/train.log"
 }
 
 # resolve_device: turns device=auto into cuda or cpu (imports torch, so only stages that need it call it).
