@@ -12,6 +12,9 @@ torch headers, so a build takes about a second) into ``$SCORE_KERNEL_CACHE`` (de
 model, so an edit or another machine never loads a stale library. The build writes into a temporary
 folder and renames the result into place, so concurrent builders never load a half-written file. Any
 failure (no compiler, compile error, unloadable library) is logged once and gives ``None``.
+
+:func:`resolve_backend` is the one chooser between such a kernel and its torch (or Triton) alternative,
+shared by the soft-DTW loss and the QbE search.
 """
 
 from __future__ import annotations
@@ -103,3 +106,42 @@ def load_library(
             return None
         _loaded[name] = lib
         return lib
+
+
+def resolve_backend(
+    requested: str,
+    device,
+    checks: dict[str, Callable[..., str | None]],
+    env_var: str,
+    what: str,
+    error: type[Exception] = ValueError,
+) -> str:
+    """Pick the backend of a kernel family on ``device``: the one chooser of soft-DTW and QbE search.
+
+    Args:
+        requested: ``"auto"`` or one of ``checks``; ``"auto"`` first reads ``env_var`` (unset or empty =
+            ``"auto"``), an explicit argument wins over the variable.
+        device: a ``torch.device``.
+        checks: backend name -> ``check(device, auto)``, returning ``None`` when that backend runs on
+            ``device`` and otherwise why not (a phrase that follows the backend's name, e.g. ``"runs
+            on the CPU only, got device cuda"``); ``auto`` is True when choosing automatically, so a
+            check may refuse there what an explicit request allows. ``"auto"`` takes the first usable
+            backend in the dict's order, so the last one should always be usable.
+        env_var: environment variable that overrides ``"auto"``, e.g. ``SCORE_QBE_BACKEND``.
+        what: the family's name in messages, e.g. ``"QbE"``.
+        error: exception raised for an unknown or unusable request.
+    """
+    if requested == "auto":
+        requested = os.environ.get(env_var, "auto") or "auto"
+    choices = ("auto", *checks)
+    if requested not in choices:
+        raise error(f"{what} backend {requested!r} (argument or {env_var}) is unknown; expected one of {choices}")
+    if requested == "auto":
+        for name, check in checks.items():
+            if check(device, True) is None:
+                return name
+        raise error(f"no {what} backend runs on device {device}; expected one of {tuple(checks)} to be usable")
+    why = checks[requested](device, False)
+    if why is not None:
+        raise error(f"{what} backend {requested!r} {why}; use 'auto'")
+    return requested

@@ -97,13 +97,18 @@ def _naive_block_cost(raw: np.ndarray) -> float:
     return _naive_subsequence_dtw((e - lo) / np.maximum(hi - lo, 1e-9))
 
 
+def _pad_last(seqs, length):
+    """(K, length, D): each sequence padded by repeating its last frame, as qbe_scores pads."""
+    return torch.stack([torch.cat([s, s[-1:].expand(length - len(s), -1)]) for s in seqs])
+
+
 def _tiny_block(seed, qlens, dlens, dim=6):
     """Raw (Nmax, G*B, Mmax) 1 - cos block as qbe_scores builds it (padding repeats the last frame)."""
     gen = torch.Generator().manual_seed(seed)
     unit = lambda n: torch.nn.functional.normalize(torch.randn(n, dim, generator=gen, dtype=torch.float64), dim=1)  # noqa: E731
     queries, docs = [unit(n) for n in qlens], [unit(m) for m in dlens]
-    q = qbe._pad_last(queries, max(qlens)).transpose(0, 1)  # (Nmax, G, D)
-    d = qbe._pad_last(docs, max(dlens))  # (B, Mmax, D)
+    q = _pad_last(queries, max(qlens)).transpose(0, 1)  # (Nmax, G, D)
+    d = _pad_last(docs, max(dlens))  # (B, Mmax, D)
     cost = 1 - torch.einsum("ngk,bmk->ngbm", q, d).reshape(max(qlens), -1, max(dlens))
     pairs = [(n, m) for n in qlens for m in dlens]
     ref = torch.tensor([_naive_block_cost(cost[:n, p, :m].numpy()) for p, (n, m) in enumerate(pairs)], dtype=torch.float64)

@@ -17,14 +17,15 @@ of fewer than 5 frames score 0. s3prl runs dtw-python once per (query, document)
 
 from __future__ import annotations
 
-import contextlib
-import os
 from typing import Sequence
 
+import numpy as np
 import torch
 
+from score_upstream.native import resolve_backend as choose_backend
 from score_upstream.qbe import cpu as qbe_cpu
 from score_upstream.qbe.stdlist import MIN_QUERY_FRAMES
+
 
 class QbeError(ValueError):
     """Bad input to the QbE search: empty or mismatched features, unknown layers, missing files."""
@@ -98,7 +99,13 @@ def subsequence_dtw_cost(
     return _subsequence_dtw_rows(cost.transpose(0, 1), doc_lengths, query_lengths)
 
 
-QBE_BACKENDS = ("auto", "cpp", "torch")
+def _cpp_check(device: torch.device, auto: bool) -> str | None:
+    if device.type != "cpu":
+        return f"runs on the CPU only, got device {device}"
+    return None if qbe_cpu.load() is not None else "could not be built (no C++ compiler? SCORE_QBE_NO_BUILD=1?)"
+
+
+_CHECKS = {"cpp": _cpp_check, "torch": lambda device, auto: None}
 
 
 def resolve_backend(device: str | torch.device = "cpu", backend: str = "auto") -> str:
@@ -106,20 +113,10 @@ def resolve_backend(device: str | torch.device = "cpu", backend: str = "auto") -
 
     ``"auto"`` honours ``SCORE_QBE_BACKEND`` (``auto``, ``cpp`` or ``torch``) and otherwise picks the
     compiled kernel on CPU when it builds, else torch (always on GPU). Asking for ``"cpp"`` off the CPU
-    or without a working C++ compiler is an error.
+    or without a working C++ compiler is an error. Chosen by :func:`score_upstream.native.resolve_backend`,
+    as the soft-DTW loss's backend is.
     """
-    device = torch.device(device)
-    if backend == "auto":
-        backend = os.environ.get("SCORE_QBE_BACKEND", "auto") or "auto"
-    if backend not in QBE_BACKENDS:
-        raise QbeError(f"QbE backend {backend!r} (argument or SCORE_QBE_BACKEND) is unknown; expected one of {QBE_BACKENDS}")
-    if backend == "auto":
-        return "cpp" if device.type == "cpu" and qbe_cpu.load() is not None else "torch"
-    if backend == "cpp" and device.type != "cpu":
-        raise QbeError(f"QbE backend 'cpp' runs on the CPU only, got device {device}; use 'auto' or 'torch'")
-    if backend == "cpp" and qbe_cpu.load() is None:
-        raise QbeError("QbE backend 'cpp' could not be built (no C++ compiler? SCORE_QBE_NO_BUILD=1?); use 'auto' or 'torch'")
-    return backend
+    return choose_backend(backend, torch.device(device), _CHECKS, "SCORE_QBE_BACKEND", "QbE", QbeError)
 
 
 def block_dtw_costs(cost: torch.Tensor, query_lengths: Sequence[int], doc_lengths: torch.Tensor, backend: str = "torch") -> torch.Tensor:
@@ -131,8 +128,8 @@ def block_dtw_costs(cost: torch.Tensor, query_lengths: Sequence[int], doc_length
     Args:
         cost: (N, P, M) contiguous ``1 - cos`` values, query frame i and document frame j of pair p at
             [i, p, j]. The torch path takes row extremes over all M columns and overwrites ``cost``:
-            pad documents by repeating a real frame (:func:`_pad_last`); the C++ path reads only the
-            valid columns and leaves ``cost`` alone.
+            pad documents by repeating a real frame (:func:`_padded_unit_frames`); the C++ path reads only the
+            valid columns and leaves ``cost`` alone. ``cost`` must be on the CPU for ``"cpp"``.
         query_lengths: P valid query frames per pair (1..N).
         doc_lengths: (P,) valid document frames per pair (1..M).
         backend: ``"torch"`` or ``"cpp"`` (see :func:`resolve_backend`).
@@ -147,52 +144,57 @@ def block_dtw_costs(cost: torch.Tensor, query_lengths: Sequence[int], doc_length
     # c * scale - lo * scale with scale = 1e9 would turn one rounding step into an error of ~100.
     lo, hi = torch.aminmax(cost.exp_(), dim=2, keepdim=True)
     scale = (hi - lo).clamp_(min=1e-9).reciprocal_().masked_fill_(hi == lo, 0)
-    with _small_ops(cost.device):
-        return _subsequence_dtw_rows(cost, doc_lengths, list(query_lengths), scale, lo * scale)
+    return _subsequence_dtw_rows(cost, doc_lengths, list(query_lengths), scale, lo * scale)
+
+
+# Data preparation (statistics, normalisation, padding) is memory-bound and runs in numpy, which never
+# spreads an elementwise op over threads: torch does, and on a busy machine each such op then waits a
+# scheduler time slice (~10 ms) for its second thread; that made the preparation cost 10x the search.
+# The matrix products and the DP, where threads pay, stay in torch and the C++ kernel.
+
+
+def _as_numpy(f: torch.Tensor) -> np.ndarray:
+    return f.detach().to("cpu", torch.float32).numpy()
 
 
 def feature_stats(feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension mean and std (unbiased, clamped at 1e-9) over all frames of all ``feats`` (T_k, D).
 
-    Two passes in float64 so that no concatenated copy is needed; equals s3prl's
+    Two passes in float64, one sequence at a time (no concatenated copy); equals s3prl's
     ``torch.cat(feats).mean(0)`` / ``.std(0)`` to float32 rounding.
     """
     count = sum(f.shape[0] for f in feats)
     if count < 2:
         raise QbeError(f"feature normalisation needs at least 2 frames in total, got {count}")
-    mean = sum(f.double().sum(0) for f in feats) / count
-    var = sum(((f.double() - mean) ** 2).sum(0) for f in feats) / (count - 1)
-    return mean.float(), var.sqrt().float().clamp(min=1e-9)
+    mean = sum(_as_numpy(f).sum(0, dtype=np.float64) for f in feats) / count
+    var = sum(((_as_numpy(f) - mean) ** 2).sum(0) for f in feats) / (count - 1)
+    return torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(var)).float().clamp(min=1e-9)
 
 
-def _pad_last(seqs: Sequence[torch.Tensor], length: int) -> torch.Tensor:
-    """Stack (T_k, D) sequences into (K, length, D), padding each by repeating its last frame.
+def _padded_unit_frames(feats: Sequence[torch.Tensor], width: int, mean: np.ndarray, std: np.ndarray, dtype: torch.dtype, frame_major: bool = False) -> torch.Tensor:
+    """K sequences (T_k, D) as one CPU tensor (K, width, D) of unit-length frames ((width, K, D) if ``frame_major``).
 
-    Repeating a real frame keeps each row's min and max over the padded columns unchanged.
+    Each sequence is z-normalised per dimension in float32 (as s3prl does), then each frame scaled to
+    unit length in ``dtype`` (one matrix product then gives every cosine), then padded to ``width`` by
+    repeating its last frame, which keeps each row's min and max over the padded columns unchanged.
     """
-    out = seqs[0].new_empty((len(seqs), length, seqs[0].shape[1]))
-    for k, s in enumerate(seqs):
-        out[k, : len(s)] = s
-        out[k, len(s) :] = s[-1]
-    return out
+    lengths = np.array([f.shape[0] for f in feats])
+    flat = ((np.concatenate([_as_numpy(f) for f in feats]) - mean) / std).astype(torch.empty((), dtype=dtype).numpy().dtype)
+    flat /= np.sqrt(np.einsum("td,td->t", flat, flat))[:, None]
+    rows = np.minimum(np.arange(width)[None, :], lengths[:, None] - 1) + (np.cumsum(lengths) - lengths)[:, None]
+    return torch.from_numpy(flat[rows.T if frame_major else rows])
 
 
-@contextlib.contextmanager
-def _small_ops(device: torch.device):
-    """One CPU thread for runs of many small ops: with more, each op waits on a thread hand-off, which on
-    a loaded machine costs a scheduler time slice (~10 ms) instead of microseconds."""
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+def _blocks(lengths: Sequence[int], size: int) -> list[list[int]]:
+    """Indices sorted by length, cut into blocks of ``size``, so that a block pads little."""
+    order = sorted(range(len(lengths)), key=lambda k: lengths[k])
+    return [order[s : s + size] for s in range(0, len(order), size)]
 
 
-def _unit(x: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    x = x.to(device=device, dtype=dtype)
-    return x / x.norm(dim=-1, keepdim=True)
+def _z_normalise_rows(raw: torch.Tensor) -> torch.Tensor:
+    """Each query's scores z-normalised over the documents (a row of zeros stays zero)."""
+    std = raw.std(dim=1, unbiased=False, keepdim=True).clamp(min=1e-9)
+    return (raw - raw.mean(dim=1, keepdim=True)) / std
 
 
 def qbe_scores(
@@ -233,51 +235,31 @@ def qbe_scores(
         raise QbeError(f"documents {empty[:5]} have no frames; drop them before the search")
     device = torch.device(device)
     backend = resolve_backend(device, backend)
-    with _small_ops(torch.device("cpu")):
-        mean, std = feature_stats([*query_feats, *doc_feats]) if feature_normalization else (torch.zeros(1), torch.ones(1))
-    mean, std = mean.to(device), std.to(device)
-    norm = lambda f: (f.to(device).float() - mean) / std  # noqa: E731  (float32, as s3prl normalises)
+    if feature_normalization:
+        mean, std = (t.numpy() for t in feature_stats([*query_feats, *doc_feats]))
+    else:
+        mean, std = np.zeros(1, dtype=np.float32), np.ones(1, dtype=np.float32)
+
+    # Query blocks, once: G queries padded to N frames, frame-major (N * G, D), so that the product
+    # with a document block comes out as the (N, G * B, M) layout block_dtw_costs reads.
+    q_lengths = [q.shape[0] for q in query_feats]
+    long_enough = [k for k, n in enumerate(q_lengths) if n >= MIN_QUERY_FRAMES]  # the others score 0
+    q_blocks = []
+    for block in _blocks([q_lengths[k] for k in long_enough], batch_queries):
+        idx = [long_enough[k] for k in block]
+        q = _padded_unit_frames([query_feats[k] for k in idx], max(q_lengths[k] for k in idx), mean, std, dtype, frame_major=True)
+        q_blocks.append((idx, q.flatten(0, 1).to(device)))
 
     raw = torch.zeros(len(query_feats), len(doc_feats), dtype=torch.float64)
-    kept = sorted((k for k, q in enumerate(query_feats) if q.shape[0] >= MIN_QUERY_FRAMES), key=lambda k: query_feats[k].shape[0])
-    # The C++ kernel reads each pair's block of one unpadded (sum N, sum M) distance matrix, so the GEMM
-    # skips padding; the torch DP needs the padded (Nmax, G*B, Mmax) layout.
-    packed = backend == "cpp"
-
-    def stack(feats, idx, align=1):  # packed: (sum T rounded up to align, D); padded: (K, Tmax, D)
-        with _small_ops(device):
-            units = [_unit(norm(feats[k]), dtype, device) for k in idx]
-            if not packed:
-                return _pad_last(units, max(len(u) for u in units))
-            total = sum(len(u) for u in units)
-            return torch.cat([*units, units[0].new_zeros(-total % align, units[0].shape[1])])
-
-    def starts(lens):
-        return torch.tensor([0, *lens[:-1]]).cumsum(0)
-
-    groups = []
-    for s in range(0, len(kept), batch_queries):
-        idx = kept[s : s + batch_queries]
-        lens = [query_feats[k].shape[0] for k in idx]
-        q = stack(query_feats, idx)
-        groups.append((idx, lens, q if packed else q.transpose(0, 1).reshape(-1, q.shape[-1])))  # padded: frame-major
-    order = sorted(range(len(doc_feats)), key=lambda k: doc_feats[k].shape[0])
+    d_lengths = [d.shape[0] for d in doc_feats]
     one = torch.ones(1, dtype=dtype, device=device)
-    for s in range(0, len(order), batch_docs):
-        didx = order[s : s + batch_docs]
-        dlens = torch.tensor([doc_feats[k].shape[0] for k in didx], device=device)
-        d = stack(doc_feats, didx, align=16)  # MKL's GEMM is ~20% faster with 16 | output row length
-        d_flat = (d if packed else d.reshape(-1, d.shape[-1])).T  # (D, sum M) or (D, B * Mmax)
-        for qidx, qlens, q in groups:
-            g, b = len(qidx), len(didx)
-            cost = torch.addmm(one, q, d_flat, alpha=-1.0)
-            if packed:
-                qlens_t = torch.tensor(qlens)
-                rows, n = starts(qlens).repeat_interleave(b), qlens_t.repeat_interleave(b)
-                res = qbe_cpu.dtw_pairs(cost, rows, starts(dlens.tolist()).repeat(g), n, dlens.repeat(g))
-            else:
-                pair_qlens = [n for n in qlens for _ in range(b)]
-                res = block_dtw_costs(cost.view(-1, g * b, d.shape[1]), pair_qlens, dlens.repeat(g), backend)  # (Nmax, G*B, Mmax)
-            raw[torch.tensor(qidx)[:, None], torch.tensor(didx)[None, :]] = -res.view(g, b).double().cpu()
-    std_q = raw.std(dim=1, unbiased=False, keepdim=True).clamp(min=1e-9)
-    return (raw - raw.mean(dim=1, keepdim=True)) / std_q
+    for didx in _blocks(d_lengths, batch_docs):
+        width = -(-max(d_lengths[k] for k in didx) // 16) * 16  # MKL's GEMM is ~20% faster when 16 divides a row
+        docs = _padded_unit_frames([doc_feats[k] for k in didx], width, mean, std, dtype).to(device)
+        dlens = torch.tensor([d_lengths[k] for k in didx])
+        for qidx, q in q_blocks:
+            cost = torch.addmm(one, q, docs.view(-1, docs.shape[-1]).T, alpha=-1.0)  # 1 - cos, (N * G, B * M)
+            pairs_q = [q_lengths[k] for k in qidx for _ in didx]  # pair p = (query p // B, document p % B)
+            res = block_dtw_costs(cost.view(-1, len(qidx) * len(didx), width), pairs_q, dlens.repeat(len(qidx)), backend)
+            raw[torch.tensor(qidx)[:, None], torch.tensor(didx)[None, :]] = -res.view(len(qidx), len(didx)).double().cpu()
+    return _z_normalise_rows(raw)

@@ -29,8 +29,8 @@ import os
 import torch
 from torch import Tensor
 
+from score_upstream.native import resolve_backend as choose_backend
 from score_upstream.sdtw import cpu as soft_dtw_cpu
-
 from score_upstream.sdtw import torch_dp as soft_dtw_torch
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ __all__ = [
     "triton_self_check",
 ]
 
-BACKENDS = ("auto", "cpp", "torch", "triton")
 _triton_state: dict = {}
 
 
@@ -66,6 +65,27 @@ def _triton_kernels():
     return _triton_state["module"]
 
 
+def _cpp_check(device: torch.device, auto: bool) -> str | None:
+    if device.type != "cpu":
+        return f"runs on CPU tensors only, got device {device}"
+    return None if soft_dtw_cpu.load() is not None else "could not be built (no C++ compiler?)"
+
+
+def _triton_check(device: torch.device, auto: bool) -> str | None:
+    kernels = _triton_kernels() if (device.type == "cuda" or not auto) else None
+    if kernels is None:
+        return "needs CUDA and the triton package" if auto else "needs the triton package, which does not import"
+    if auto:  # never the interpreter, and only once the kernel agreed with the torch path on this device
+        return None if not kernels.INTERPRET and _triton_checked(kernels, device) else "failed its self-check"
+    where = "cpu" if kernels.INTERPRET else "cuda"
+    if device.type != where:
+        return f"runs on {'CPU (interpreter)' if kernels.INTERPRET else 'CUDA'} tensors in this process, got device {device}"
+    return None
+
+
+_CHECKS = {"cpp": _cpp_check, "triton": _triton_check, "torch": lambda device, auto: None}
+
+
 def resolve_backend(device: torch.device, backend: str = "auto") -> str:
     """The backend that runs on ``device``: ``"cpp"`` (CPU kernel), ``"triton"`` (CUDA kernel) or ``"torch"``.
 
@@ -74,32 +94,9 @@ def resolve_backend(device: torch.device, backend: str = "auto") -> str:
     device (:func:`triton_self_check`, once per process and device), else torch. Asking for ``"cpp"`` on a non-CPU
     device or without a compiler is an error, so is ``"triton"`` without triton or off CUDA (unless the
     kernels were imported under ``TRITON_INTERPRET=1``, which runs them on CPU for testing).
+    Chosen by :func:`score_upstream.native.resolve_backend`, as the QbE search's backend is.
     """
-    if backend == "auto":
-        backend = os.environ.get("SCORE_SOFTDTW_BACKEND", "auto")
-    if backend not in BACKENDS:
-        raise SoftDTWError(f"soft-DTW backend {backend!r} is unknown; expected one of {BACKENDS}")
-    if backend == "auto":
-        if device.type == "cpu":
-            return "cpp" if soft_dtw_cpu.load() is not None else "torch"
-        kernels = _triton_kernels() if device.type == "cuda" else None
-        usable = kernels is not None and not kernels.INTERPRET and _triton_checked(kernels, device)
-        return "triton" if usable else "torch"
-    if backend == "triton":
-        kernels = _triton_kernels()
-        if kernels is None:
-            raise SoftDTWError("soft-DTW backend 'triton' needs the triton package, which does not import; use 'auto'")
-        if device.type != ("cpu" if kernels.INTERPRET else "cuda"):
-            raise SoftDTWError(
-                f"soft-DTW backend 'triton' runs on {'CPU (interpreter)' if kernels.INTERPRET else 'CUDA'} tensors "
-                f"in this process, got device {device}; use 'auto'"
-            )
-    if backend == "cpp":
-        if device.type != "cpu":
-            raise SoftDTWError(f"soft-DTW backend 'cpp' runs on CPU tensors only, got device {device}; use 'auto'")
-        if soft_dtw_cpu.load() is None:
-            raise SoftDTWError("soft-DTW backend 'cpp' could not be built (no C++ compiler?); use 'torch' or 'auto'")
-    return backend
+    return choose_backend(backend, torch.device(device), _CHECKS, "SCORE_SOFTDTW_BACKEND", "soft-DTW", SoftDTWError)
 
 
 def triton_self_check(kernels, device: torch.device, gamma: float = 0.1) -> tuple[bool, str]:
