@@ -432,7 +432,7 @@ class Pretrainer:
                        "clusters": self.cfg.labels.clusters, "usage": self.labels["usage"]},
             "train_utterances": len(self.train), "train_hours": sum(u.num_samples for u in self.train) / 16000 / 3600,
             "processed_hours": self.audio_seconds / 3600, "valid": self.last_valid, "corpus": source,
-            "commit": prov.get("commit", "unknown"), "versions": prov.get("versions", ""),
+            "commit": prov.get("git_commit", "unknown"), "versions": prov.get("versions", ""),
             "config": config_to_dict(self.cfg)}}
         path = save_s3prl(self.bundle, self.out / "hubert.pt", extra=extra)
         logger.info("wrote %s", path)

@@ -61,7 +61,7 @@ def package(src: str | Path, dst: str | Path, recipe: str) -> Path:
     prov = run_provenance([])
     state["package"] = {"recipe": recipe, "source": str(src), "source_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
                         "weights": "float16", "time_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-                        "commit": prov.get("commit", "unknown"), "versions": prov.get("versions", "")}
+                        "commit": prov.get("git_commit", "unknown"), "versions": prov.get("versions", "")}
     atomic_save(state, dst)
     summary = {k: state[k] for k in ("pretrain", "package")}
     summary["pretrain"] = {k: v for k, v in summary["pretrain"].items() if k != "config"}
