@@ -53,8 +53,9 @@ def test_target_frozen_and_never_updated_and_dropout_modes(bundle_factory):
     wav = torch.randn(2, 8000, generator=g)
     lens = torch.tensor([8000, 6000])
     s, sl, t, tl = m(wav, lens, wav.flip(1), lens)
-    assert s.requires_grad and not t.requires_grad
-    (s[0, : sl[0]].sum() + s[1, : sl[1]].pow(2).sum()).backward()
+    assert s.requires_grad and t.requires_grad  # the shared head projects the target with gradient (authors')
+    (s[0, : sl[0]].sum() + s[1, : sl[1]].pow(2).sum() + t[0, : tl[0]].sum()).backward()
+    assert all(p.grad is None and not p.requires_grad for p in m.target.parameters())  # only the head learns
     opt.step()
     assert all(torch.equal(before[k], v) for k, v in m.target.state_dict().items())
     after = m.student.state_dict()
