@@ -151,17 +151,20 @@ class _Faulty:
 
     def __init__(self, kernels, fault):
         self.kernels, self.fault, self.INTERPRET = kernels, fault, False
+        self.launch_config = kernels.launch_config
 
-    def forward(self, C, n, m, gamma, block=None):
+    def forward(self, C, n, m, gamma, block=None, num_warps=None):
         if self.fault == "raise":
             raise RuntimeError("PTX assembly failed")
-        values, Q = self.kernels.forward(C, n, m, gamma, block=block)
+        values, Q = self.kernels.forward(C, n, m, gamma, block=block, num_warps=num_warps)
         if self.fault == "values" and block is not None:  # only the chunked launch is wrong
             values = values * (1 + 1e-3)
         return values, Q
 
-    def backward(self, C, Q, n, m, gamma, grad_out, block=None):
-        G = self.kernels.backward(C, Q, n, m, gamma, grad_out, block=block)
+    def backward(self, C, Q, n, m, gamma, grad_out, block=None, num_warps=None):
+        G = self.kernels.backward(C, Q, n, m, gamma, grad_out, block=block, num_warps=num_warps)
+        if self.fault == "wide" and num_warps == 16:  # only the launch of the longest utterances is wrong
+            G = G * (1 + (torch.rand_like(G) < 0.01) * 0.05)
         if self.fault == "padding":
             G[1, -1, -1] = 1e-7
         if self.fault == "race":  # a stale read: 2 % off on the strongest interior cell of one pair
@@ -174,7 +177,8 @@ class _Faulty:
 def test_self_check_passes_for_the_kernels(kernels):
     ok, message = sd.triton_self_check(kernels, torch.device("cpu"))
     assert ok, message
-    assert "agrees with the torch path" in message
+    assert "agrees with the torch path" in message and "BLOCK 2048, 16 warps" in message
+    assert kernels.launch_config(sd.LONG_FRAMES, sd.LONG_FRAMES - 7) == (2048, 16)  # what the real check launches
 
 
 @pytest.mark.parametrize("fault, expected", [
@@ -182,6 +186,7 @@ def test_self_check_passes_for_the_kernels(kernels):
     ("values", "block=8"),
     ("padding", "non-zero gradient on padding"),
     ("race", "gradients"),
+    ("wide", "BLOCK 2048 and 16 warps"),
 ])
 def test_self_check_reports_each_fault(kernels, fault, expected):
     ok, message = sd.triton_self_check(_Faulty(kernels, fault), torch.device("cpu"))

@@ -102,7 +102,8 @@ def resolve_backend(device: torch.device, backend: str = "auto") -> str:
 def triton_self_check(kernels, device: torch.device, gamma: float = 0.1) -> tuple[bool, str]:
     """Run the Triton kernels on ``device`` against the torch path (float64) on a small padded batch.
 
-    Covers length-1 sides, mixed lengths, junk in the padding, and diagonals split into chunks. Returns
+    Covers length-1 sides, mixed lengths, junk in the padding, diagonals split into chunks, and the
+    launch configuration of the longest real utterances (:func:`_long_launch_check`). Returns
     ``(ok, message)``; compilation or launch errors count as a failure (the message names them).
     """
     gen = torch.Generator().manual_seed(0)
@@ -135,9 +136,43 @@ def triton_self_check(kernels, device: torch.device, gamma: float = 0.1) -> tupl
             worst = max(worst, dv, dg)
             if dv > 1e-4 or dg > 1e-2:
                 return False, f"differs from the torch path (block={block}): values {dv:.2e}, gradients {dg:.2e} relative"
+        ok, message = _long_launch_check(kernels, device, gamma)
+        if not ok:
+            return False, message
     except Exception as e:  # a kernel that does not compile or launch here must not stop training
         return False, f"{type(e).__name__}: {e}"
-    return True, f"agrees with the torch path within {worst:.1e}"
+    return True, f"agrees with the torch path within {worst:.1e}; {message}"
+
+
+LONG_FRAMES = 1900  # the longest LibriSpeech utterance after 0.9x speed, in 50 Hz frames
+
+
+def _long_launch_check(kernels, device: torch.device, gamma: float) -> tuple[bool, str]:
+    """The launch of the longest real utterances (BLOCK 2048, 16 warps) against the same pair in chunks of 64.
+
+    The small batch of :func:`triton_self_check` runs in one warp, blind to a missing barrier or a
+    stale global read between warps; a diagonal of ~1,900 cells spreads over all 16. The chunked launch
+    (one warp, 64 lanes) is the one the torch path has just vouched for; per cell both do the same
+    arithmetic, so they agree to rounding. On CPU (Triton's interpreter, no warps) the pair is 40 x 33
+    frames, with the same launch configuration.
+    """
+    block, warps = kernels.launch_config(LONG_FRAMES, LONG_FRAMES)
+    n_frames = 40 if device.type == "cpu" else LONG_FRAMES
+    gen = torch.Generator().manual_seed(1)
+    C = (torch.rand(1, n_frames, n_frames - 7, generator=gen) * 2).to(device)
+    n, m = torch.tensor([n_frames], device=device), torch.tensor([n_frames - 7], device=device)
+    g = torch.ones(1, device=device)
+    out = {}
+    for name, kw in (("wide", {"block": block, "num_warps": warps}), ("chunked", {"block": 64, "num_warps": 1})):
+        values, Q = kernels.forward(C, n, m, gamma, **kw)
+        out[name] = (values.double().cpu(), kernels.backward(C, Q, n, m, gamma, g, **kw).double().cpu())
+    (v1, g1), (v2, g2) = out["wide"], out["chunked"]
+    dv = ((v1 - v2).abs() / v2.abs().clamp_min(1.0)).max().item()
+    dg = ((g1 - g2).abs() / (g2.abs() + 1e-3 * g2.abs().max())).max().item()
+    if not (dv <= 1e-5 and dg <= 1e-3):  # also catches NaN
+        return False, (f"the {n_frames}-frame launch with BLOCK {block} and {warps} warps differs from chunks of 64: "
+                       f"values {dv:.2e}, gradients {dg:.2e} relative")
+    return True, f"{n_frames}-frame pair with BLOCK {block}, {warps} warps within {max(dv, dg):.1e}"
 
 
 def _triton_checked(kernels, device: torch.device) -> bool:
