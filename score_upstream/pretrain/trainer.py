@@ -47,12 +47,12 @@ from score_upstream.pretrain import labels as L
 from score_upstream.pretrain.config import PretrainConfig, load_pretrain_config
 from score_upstream.training.config import ConfigError, config_changes, config_to_dict
 from score_upstream.training.data import DataError, Utterance, load_manifest, mix_seed
+from score_upstream.training.runtime import STATE_RE, dist_env, latest_state, run_cli, setup_device
 from score_upstream.training.train import lr_factor
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-STATE_RE = r"state-(\d+)\.pt"
 LABELS_VERSION = 1
 NUM_SPECIALS = 4  # fairseq dictionaries put <s>, <pad>, </s>, <unk> before the units
 # keys that may change between a run and its resumption (how the run is driven, not what it computes)
@@ -61,10 +61,6 @@ RUN_KEYS = ("resume", "stop_at", "progress", "log_every", "device", "threads", "
 
 class PretrainError(RuntimeError):
     """Pre-training cannot go on (bad checkpoint, non-finite losses, no usable data)."""
-
-
-def _dist_env() -> tuple[int, int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
 def model_cfg_for(cfg: PretrainConfig) -> dict:
@@ -164,20 +160,11 @@ class Pretrainer:
         from score_upstream.models.hubert import cluster_symbols, new_hubert, tiny_task_cfg
 
         self.cfg, self.out, self.data_root = cfg, Path(out_dir), Path(data_root)
-        self.rank, self.world, local_rank = _dist_env()
+        self.rank, self.world, local_rank = dist_env()
         self.leader = self.rank == 0
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        if cfg.device == "auto":
-            self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-        elif cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"config key 'device': {cfg.device!r} requested but no CUDA device is visible")
-        else:
-            self.device = torch.device(f"cuda:{local_rank}" if cfg.device == "cuda" else cfg.device)
-        if self.world > 1 and not dist.is_initialized():
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.device = setup_device(cfg.device, local_rank, self.world)
         self.out.mkdir(parents=True, exist_ok=True)
         sr = cfg.data.sample_rate
         train, self.skipped = load_manifest(data_root, cfg.data.subsets, sr)
@@ -339,16 +326,13 @@ class Pretrainer:
 
     # --------------------------------------------------------------------------------------------- fit
     def _resume(self, allow_changes: bool) -> None:
-        import re
-
         if self.cfg.resume == "false":
             return
-        rx = re.compile(STATE_RE)
-        found = sorted((int(m.group(1)), p) for p in self.out.glob("state-*.pt") if (m := rx.fullmatch(p.name)))
-        if not found and self.cfg.resume == "true":
+        found = latest_state(self.out)
+        if found is None and self.cfg.resume == "true":
             raise PretrainError(f"{self.out}: resume=true but no state-NNNNNN.pt there; use resume=auto to start fresh")
-        if found:
-            self.load_state(found[-1][1], allow_changes)
+        if found is not None:
+            self.load_state(found, allow_changes)
 
     def _log(self, name: str, header: list[str], row: dict) -> None:
         path = self.out / name
@@ -456,17 +440,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="resume even though recipe keys differ from the checkpoint's")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.total_steps=100")
     args = ap.parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.INFO if _dist_env()[0] == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        pretrain(args.config, args.data, args.out, args.overrides, args.allow_config_change)
-    except (ConfigError, DataError, AudioError, PretrainError, ValueError) as e:
-        print(f"score-pretrain: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+    return run_cli("score-pretrain", lambda: pretrain(args.config, args.data, args.out, args.overrides,
+                                                       args.allow_config_change),
+                   (ConfigError, DataError, AudioError, PretrainError, ValueError))
 
 
 if __name__ == "__main__":

@@ -43,13 +43,13 @@ from score_upstream.training.config import ConfigError, TrainConfig, config_chan
 from score_upstream.training.data import (DataError, MicroBatch, Originals, PairDataset, UpdateBatch, UpdateCollate,
                                           UpdateSampler, cut_micro_batches, find_librispeech, load_manifest, mix_seed,
                                           min_utterance_samples)
+from score_upstream.training.runtime import STATE_RE, dist_env, latest_state, run_cli, setup_device
 from score_upstream.training.model import ScoreModel, conv_layout, min_input_samples
 from score_upstream.training.optim import AdamW
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 2  # 2: "pos" counts updates over the whole run (updates cross epoch boundaries)
-STATE_RE = r"state-(\d+)\.pt"
 # keys that may change between a run and its resumption: how the run is driven, not what it computes
 RUN_KEYS = ("resume", "stop_at", "progress", "log_every", "device", "save_every", "keep_checkpoints", "save_hf",
             "data.num_workers", "data.batch_seconds", "data.max_failed_fraction")
@@ -63,20 +63,6 @@ class TrainError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- set-up
-def _dist_env() -> tuple[int, int, int]:
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"config key 'device': {cfg.device!r} requested but no CUDA device is visible; use device=cpu")
-    if cfg.device == "cuda":
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device(cfg.device)
-
-
 def lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up from 0 over ``warmup`` updates, then linear decay to 0 at ``total``."""
     if step < warmup:
@@ -129,14 +115,6 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
     v, internal, gauss = state["python"]
     random.setstate((v, tuple(internal), gauss))
-
-
-def latest_state(out: Path) -> Path | None:
-    import re
-
-    rx = re.compile(STATE_RE)
-    found = sorted((int(m.group(1)), p) for p in out.glob("state-*.pt") if (m := rx.fullmatch(p.name)))
-    return found[-1][1] if found else None
 
 
 # ------------------------------------------------------------------------------------------ run log
@@ -205,15 +183,11 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data_root: str | os.PathLike, out_dir: str | os.PathLike,
                  perturbation=None, loss_fn=None):
         self.cfg, self.out = cfg, Path(out_dir)
-        self.rank, self.world, local_rank = _dist_env()
+        self.rank, self.world, local_rank = dist_env()
         self.leader = self.rank == 0
         find_librispeech(data_root)  # a missing path fails before any model is built
-        self.device = _device(cfg, local_rank)
+        self.device = setup_device(cfg.device, local_rank, self.world)
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
-        if self.world > 1 and not dist.is_initialized():
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.leader:
             self.out.mkdir(parents=True, exist_ok=True)
 
@@ -498,7 +472,7 @@ class Trainer:
     def _resume(self, allow_config_change: bool) -> None:
         if self.cfg.resume == "false":
             return
-        found = latest_state(self.out) if self.out.is_dir() else None
+        found = latest_state(self.out)
         if found is None and self.cfg.resume == "true":
             raise TrainError(f"{self.out}: resume=true but no state-NNNNNN.pt checkpoint there; use resume=auto "
                              "to start fresh when none exists")
@@ -570,18 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allow-config-change", action="store_true",
                     help="resume even though a recipe key differs from the checkpoint's (the change is logged)")
     args = ap.parse_intermixed_args(argv)
-    rank = int(os.environ.get("RANK", 0))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        train(args.config, args.data, args.out, args.overrides, args.allow_config_change)
-    except (ConfigError, DataError, AudioError, TrainError) as e:
-        print(f"score-train: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+    return run_cli("score-train", lambda: train(args.config, args.data, args.out, args.overrides, args.allow_config_change),
+                   (ConfigError, DataError, AudioError, TrainError))
 
 
 if __name__ == "__main__":
