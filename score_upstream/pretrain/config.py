@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from score_upstream.training.config import ConfigError, load_config
+from score_upstream.training.config import load_config, need
 
 
 @dataclass
@@ -91,10 +91,6 @@ class PretrainConfig:
     threads: Optional[int] = None  # torch CPU threads; None: torch's default
 
     def validate(self) -> None:
-        def need(ok: bool, key: str, value, what: str) -> None:
-            if not ok:
-                raise ConfigError(f"config key '{key}': {what}, got {value!r}")
-
         o, d, lab = self.optim, self.data, self.labels
         need(o.lr > 0, "optim.lr", o.lr, "expected > 0")
         need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas, "expected two values in [0, 1)")

@@ -234,13 +234,14 @@ def _set_dotted(cfg: TrainConfig, key: str, raw: str) -> None:
                 raise ConfigError(f"config key '{sub}' is a value, not a section; cannot set '{key}'")
 
 
+def need(ok: bool, key: str, value: Any, what: str) -> None:
+    """A range check of a config value: raise :class:`ConfigError` naming ``key`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"config key '{key}': {what}, got {value!r}")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Range checks that types alone cannot express."""
-
-    def need(ok: bool, key: str, value: Any, what: str) -> None:
-        if not ok:
-            raise ConfigError(f"config key '{key}': {what}, got {value!r}")
-
     o, d, p = cfg.optim, cfg.data, cfg.perturb
     need(o.lr > 0, "optim.lr", o.lr, "expected a positive learning rate")
     need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas, "expected two values in [0, 1)")
