@@ -135,7 +135,7 @@ def resolve_backend(
         requested = os.environ.get(env_var, "auto") or "auto"
     choices = ("auto", *checks)
     if requested not in choices:
-        raise error(f"{what} backend {requested!r} (argument or {env_var}) is unknown; expected one of {choices}")
+        raise error(f"{what} backend {requested!r} is unknown (argument or {env_var}); expected one of {choices}")
     if requested == "auto":
         for name, check in checks.items():
             if check(device, True) is None:
