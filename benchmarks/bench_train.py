@@ -34,6 +34,8 @@ from score_upstream.sdtw.divergence import soft_dtw_divergence
 from score_upstream.training.train import Trainer
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "score" / "tiny.yaml"
+MEAN_UTT_S = 12.69  # train-clean-100: 100.6 h / 28,539 utterances (SPEC §1)
+PAPER_AUDIO_S = 3600 * 8 * MEAN_UTT_S
 
 
 def per_pair_divergence(x, y, x_lengths, y_lengths, gamma=0.1, normalize=True):
@@ -99,6 +101,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--on-device", action="store_true", help="ours: perturb batched on the device")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="training precision of every row (the paper: fp32; bf16 = autocast on a GPU)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     tmp = None
@@ -117,7 +121,8 @@ def main(argv=None) -> int:
         args.model_label = "random-weight HuBERT Base (95M)"
     n = args.updates + 1
     common = [f"optim.total_steps={n}", "optim.warmup_steps=1", f"save_every={n}", "progress=false",
-              f"data.subsets=[{args.subset}]", f"device={args.device}", "data.utterances_per_update=8"]
+              f"data.subsets=[{args.subset}]", f"device={args.device}", "data.utterances_per_update=8",
+              f"precision={args.precision}"]
     if args.model:
         common += ["model.tiny=false", f"model.init={args.model}", "model.head_dim=256"]
     with torchaudio_pitch_shift():
@@ -131,12 +136,14 @@ def main(argv=None) -> int:
             "data.bucket_window=4", f"perturb.pitch_method={pitch}", f"perturb.on_device={str(args.on_device).lower()}",
             "model.cnn_per_utterance=false"]))
     dev = "cuda" if (args.device == "auto" and torch.cuda.is_available()) or args.device.startswith("cuda") else "cpu"
-    print(f"training throughput, {getattr(args, 'model_label', None) or args.model or 'tiny random HuBERT'}, {dev}, torch {torch.__version__}, "
+    print(f"training throughput, {getattr(args, 'model_label', None) or args.model or 'tiny random HuBERT'}, {dev}, {args.precision}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {args.updates} timed updates of 8 utterances")
-    print(f"{'setting':<66} {'audio-s':>8} {'wall-s':>8} {'audio-s/s':>10} {'ratio':>6}")
+    print(f"{'setting':<66} {'audio-s':>8} {'wall-s':>8} {'audio-s/s':>10} {'ratio':>6} {'3,600 upd. (h)':>15}")
     for r in rows:
         print(f"{r['name']:<66} {r['audio_s']:>8.1f} {r['wall_s']:>8.2f} {r['rate']:>10.1f} "
-              f"{r['rate'] / rows[0]['rate']:>5.2f}x")
+              f"{r['rate'] / rows[0]['rate']:>5.2f}x {PAPER_AUDIO_S / r['rate'] / 3600:>15.2f}")
+    print(f"(3,600 upd.: the paper's 3,600 updates x 8 utterances of train-clean-100's mean {MEAN_UTT_S} s, "
+          "i.e. ~101 h of speech, at the measured rate)")
     if tmp is not None:
         tmp.cleanup()
     return 0
