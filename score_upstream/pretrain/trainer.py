@@ -21,7 +21,7 @@ Each update takes ``data.batch_crops`` utterances, crops all of them to the shor
 order, crops, masks and dropout are functions of ``(seed, step)``, so a resumed run repeats the same updates.
 Outputs in ``--out``: ``labels.pt`` (k-means units of every utterance), ``hubert.pt`` (s3prl's converted
 format with ``final_proj`` and the label embeddings, plus a ``pretrain`` entry with the provenance),
-``state-NNNNNN.pt``, ``train_log.csv``, ``valid_log.csv`` and ``config-<time>.yaml``.
+``state-NNNNNN.pt``, ``train_log.csv``, ``valid_log.csv`` and ``config-<time>-<n>.yaml``.
 """
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 
-from score_upstream.atomic import FORMAT_VERSION_KEY, atomic_save, atomic_write_bytes, prune_checkpoints
+from score_upstream.atomic import FORMAT_VERSION_KEY, atomic_save, prune_checkpoints
 from score_upstream.audio import AudioError, read_mono
 from score_upstream.pretrain import labels as L
 from score_upstream.pretrain.config import PretrainConfig, load_pretrain_config
 from score_upstream.training.config import ConfigError, config_changes, config_to_dict
 from score_upstream.training.data import DataError, Utterance, load_manifest, mix_seed
-from score_upstream.training.runtime import STATE_RE, dist_env, latest_state, run_cli, setup_device
+from score_upstream.training.runtime import STATE_RE, dist_env, keep_config, latest_state, run_cli, setup_device
 from score_upstream.training.train import lr_factor
 
 logger = logging.getLogger(__name__)
@@ -350,7 +350,7 @@ class Pretrainer:
         if self.leader:
             text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
             logger.info("resolved config:\n%s", text.rstrip())
-            atomic_write_bytes(text.encode(), self.out / f"config-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
+            keep_config(self.out, text)
             n = sum(p.numel() for p in self.params)
             hours = sum(u.num_samples for u in self.train) / cfg.data.sample_rate / 3600
             logger.info("%d training utterances (%.2f h), %d held out; %d parameters; %d updates per epoch; device %s",

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -58,6 +59,18 @@ def latest_state(out: Path) -> Path | None:
     rx = re.compile(STATE_RE)
     found = sorted((int(m.group(1)), p) for p in out.glob("state-*.pt") if (m := rx.fullmatch(p.name)))
     return found[-1][1] if found else None
+
+
+def keep_config(out: Path, text: str) -> Path:
+    """Write this start's resolved config as ``out/config-<UTC time>-<n>.yaml`` (n counts starts within one
+    second), so every start of a run is kept and the names sort in start order."""
+    from score_upstream.atomic import atomic_write_bytes
+
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    n = 0
+    while (out / f"config-{stamp}-{n}.yaml").exists():
+        n += 1
+    return atomic_write_bytes(text.encode(), out / f"config-{stamp}-{n}.yaml")
 
 
 def run_cli(prog: str, run: Callable[[], object], errors: tuple[type[BaseException], ...]) -> int:

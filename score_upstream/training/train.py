@@ -17,7 +17,7 @@ perturbed or encoded is reported once and skipped; more than ``data.max_failed_f
 the run. Resuming refuses a changed recipe key unless ``--allow-config-change`` is given.
 Outputs in ``--out``: ``score_hubert.pt`` (s3prl converted HuBERT format), resumable
 ``state-NNNNNN.pt`` checkpoints, ``train_log.csv``, ``config.yaml`` (the latest start) and
-``config-<time>.yaml`` (every start), TensorBoard events.
+``config-<time>-<n>.yaml`` (every start), TensorBoard events.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from score_upstream.training.config import ConfigError, TrainConfig, config_chan
 from score_upstream.training.data import (DataError, MicroBatch, Originals, PairDataset, UpdateBatch, UpdateCollate,
                                           UpdateSampler, cut_micro_batches, find_librispeech, load_manifest, mix_seed,
                                           min_utterance_samples)
-from score_upstream.training.runtime import STATE_RE, dist_env, latest_state, run_cli, setup_device
+from score_upstream.training.runtime import STATE_RE, dist_env, keep_config, latest_state, run_cli, setup_device
 from score_upstream.training.model import ScoreModel, conv_layout, min_input_samples
 from score_upstream.training.optim import AdamW
 
@@ -480,17 +480,13 @@ class Trainer:
             self.load_state(found, allow_config_change)
 
     def _save_config(self) -> None:
-        """Log the resolved config; keep it as ``config.yaml`` (latest start) and ``config-<time>.yaml``."""
+        """Log the resolved config; keep it as ``config.yaml`` (latest start) and ``config-<time>-<n>.yaml``."""
         if not self.leader:
             return
         cfg = self.cfg
         text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
         logger.info("resolved config:\n%s", text.rstrip())
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        kept, n = self.out / f"config-{stamp}.yaml", 1
-        while kept.exists():  # two starts within one second
-            kept, n = self.out / f"config-{stamp}-{n}.yaml", n + 1
-        atomic_write_bytes(text.encode(), kept)
+        keep_config(self.out, text)
         atomic_write_bytes(text.encode(), self.out / "config.yaml")
         n_train = sum(p.numel() for p in self.params.values())
         logger.info("%d utterances (%.1f h), %.1f updates per epoch; %d trainable parameters in %d tensors; "
