@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SUPERB ASR, PR and QbE for a list of upstreams, then the table of relative improvements.
 #
-#   ./run_superb.sh --demo        # synthetic corpus, the shipped small pre-trained HuBERT, SCORE, CPU: ~15 min
+#   ./run_superb.sh --demo        # synthetic corpus, the shipped small pre-trained HuBERT, SCORE, CPU: ~13-17 min
 #
 #   ./run_superb.sh --librispeech /data/LibriSpeech --quesst /data/quesst14Database \
 #       --lexicon /data/librispeech-lexicon.txt \
