@@ -18,6 +18,15 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (training tests compare runs bit for bit), restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
     """Root holding ``LibriSpeech/``, ``quesst14Database/`` and the lexicon, from ``score-synth --size tiny``."""

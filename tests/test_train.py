@@ -20,12 +20,7 @@ NO_DROPOUT = ("model.tiny_overrides={dropout: 0.0, attention_dropout: 0.0, activ
 FAST = ["data.utterances_per_update=4", "perturb.pitch_method=fast", "progress=false"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trainable(path: Path) -> dict[str, torch.Tensor]:

@@ -25,12 +25,7 @@ FAST = ["perturb.pitch_method=fast", "progress=false"]
 PERTURB_FAILS, ENCODE_FAILS = 23_456, 21_234  # lengths (samples) of the two files the test makes fail
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()
