@@ -45,9 +45,9 @@ from score_upstream.atomic import FORMAT_VERSION_KEY, atomic_save, prune_checkpo
 from score_upstream.audio import AudioError, read_mono
 from score_upstream.pretrain import labels as L
 from score_upstream.pretrain.config import PretrainConfig, load_pretrain_config
-from score_upstream.training.config import ConfigError, config_changes, config_to_dict
+from score_upstream.training.config import ConfigError, config_to_dict
 from score_upstream.training.data import DataError, Utterance, load_manifest, mix_seed
-from score_upstream.training.runtime import STATE_RE, dist_env, keep_config, latest_state, run_cli, setup_device
+from score_upstream.training.runtime import STATE_RE, check_resume_config, dist_env, keep_config, latest_state, run_cli, setup_device
 from score_upstream.training.train import lr_factor
 
 logger = logging.getLogger(__name__)
@@ -224,12 +224,7 @@ class Pretrainer:
             raise PretrainError(f"{path}: cannot load training state ({e}); delete it to start over") from None
         if state.get(FORMAT_VERSION_KEY) != STATE_VERSION or state.get("kind") != "score_pretrain_state":
             raise PretrainError(f"{path}: not a score-pretrain state of version {STATE_VERSION}")
-        changed = config_changes(state["config"], config_to_dict(self.cfg), ignore=RUN_KEYS)
-        if changed and not allow_changes:
-            k, (old, new) = next(iter(changed.items()))
-            raise PretrainError(f"{path}: this run changes config key '{k}' ({old!r} -> {new!r})"
-                                f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}; resume with the "
-                                "recipe the run started with, or pass --allow-config-change")
+        check_resume_config(path, state["config"], config_to_dict(self.cfg), RUN_KEYS, allow_changes, PretrainError)
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from score_upstream.training.config import ConfigError
+from score_upstream.training.config import ConfigError, config_changes
 
 STATE_RE = r"state-(\d+)\.pt"  # resumable training states, as prune_checkpoints takes them
 
@@ -59,6 +59,21 @@ def latest_state(out: Path) -> Path | None:
     rx = re.compile(STATE_RE)
     found = sorted((int(m.group(1)), p) for p in out.glob("state-*.pt") if (m := rx.fullmatch(p.name)))
     return found[-1][1] if found else None
+
+
+def check_resume_config(path: Path, old: dict, new: dict, ignore: tuple[str, ...], allow: bool,
+                        error: type[Exception]) -> None:
+    """Refuse to resume ``path`` when a recipe key (one not in ``ignore``) differs between the checkpoint's
+    config ``old`` and this run's ``new`` (plain dicts), naming the first and listing all; with ``allow`` only
+    log them. Raises ``error``."""
+    changed = config_changes(old, new, ignore=ignore)
+    if not changed:
+        return
+    listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+    if not allow:
+        raise error(f"{path}: resuming would change config key '{next(iter(changed))}' ({listing}); resume with "
+                    "the recipe and overrides the run started with, or pass --allow-config-change")
+    logging.getLogger(__name__).warning("resuming %s with changed config keys (--allow-config-change): %s", path, listing)
 
 
 def keep_config(out: Path, text: str) -> Path:

@@ -39,11 +39,11 @@ import yaml
 
 from score_upstream.audio import AudioError
 from score_upstream.atomic import FORMAT_VERSION_KEY, atomic_save, atomic_write_bytes, prune_checkpoints
-from score_upstream.training.config import ConfigError, TrainConfig, config_changes, config_to_dict, load_config
+from score_upstream.training.config import ConfigError, TrainConfig, config_to_dict, load_config
 from score_upstream.training.data import (DataError, MicroBatch, Originals, PairDataset, UpdateBatch, UpdateCollate,
                                           UpdateSampler, cut_micro_batches, find_librispeech, load_manifest, mix_seed,
                                           min_utterance_samples)
-from score_upstream.training.runtime import STATE_RE, dist_env, keep_config, latest_state, run_cli, setup_device
+from score_upstream.training.runtime import STATE_RE, check_resume_config, dist_env, keep_config, latest_state, run_cli, setup_device
 from score_upstream.training.model import ScoreModel, conv_layout, min_input_samples
 from score_upstream.training.optim import AdamW
 
@@ -276,14 +276,7 @@ class Trainer:
                              f"{state.get('kind')!r} version {state.get(FORMAT_VERSION_KEY)!r} (version 1 states come "
                              "from before updates crossed epoch boundaries); finish that run with the code that "
                              "wrote it, or start over in a new --out directory")
-        changed = config_changes(state["config"], config_to_dict(self.cfg), ignore=RUN_KEYS)
-        if changed:
-            listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            if not allow_config_change:
-                key = next(iter(changed))
-                raise TrainError(f"{path}: resuming would change config key '{key}' ({listing}); resume with "
-                                 "the recipe and overrides the run started with, or pass --allow-config-change")
-            logger.warning("resuming %s with changed config keys (--allow-config-change): %s", path, listing)
+        check_resume_config(path, state["config"], config_to_dict(self.cfg), RUN_KEYS, allow_config_change, TrainError)
         missing = set(self.params) ^ set(state["trainable"])
         if missing:
             raise TrainError(f"{path}: trainable parameters differ from this config ({sorted(missing)[:3]} ...); "
