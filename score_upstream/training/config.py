@@ -5,6 +5,10 @@ from the command line (dotted keys reach nested sections: ``optim.lr=1e-4``). Va
 ``yaml.safe_load`` (never ``eval``) and checked against the dataclass field types; an unknown key or a
 wrong type raises :class:`ConfigError` naming the key, before any data or model is touched.
 
+``method`` (``score``, ``laser`` or ``spin``) chooses the training method; the keys listed in
+:data:`METHOD_KEYS` belong to some methods only, and setting one for another method is an error naming the
+key (a default is never an error). :func:`config_to_dict` writes only the chosen method's keys.
+
 Example::
 
     cfg = load_config("recipes/score/tiny.yaml", ["optim.lr=1e-4", "data.subsets=[dev-clean]"])
@@ -70,22 +74,41 @@ class PerturbConfig:
     semitones: list[float] = field(default_factory=lambda: [-2.0, 2.0])
     pitch_method: Literal["reference", "fast"] = "reference"
     on_device: bool = False  # perturb batched on the training device instead of in data-loader workers
+    # SPIN's speaker perturbation (augment.speaker): each ratio r is drawn from U(1, max), then r or 1/r 50/50
+    formant_ratio_max: float = 1.4  # formant shift ratio
+    f0_ratio_max: float = 2.0  # new median F0 = median F0 x ratio
+    f0_range_ratio_max: float = 1.5  # pitch range factor
+    pitch_floor: float = 75.0  # Hz, the F0 search range (SPIN reads it per speaker; no speaker table here)
+    pitch_ceiling: float = 600.0
+    eq_gain_db: float = 12.0  # random 10-band EQ: gains from U(-g, g) dB
 
 
 @dataclass
 class LossConfig:
-    gamma: float = 0.1
-    normalize: bool = True  # per-pair /(N+M)
+    gamma: float = 0.1  # soft-DTW smoothing (score, laser)
+    normalize: bool = True  # per-pair /(N+M) (score; LASER's divergence is not normalised)
+    # LASER's temporal regulariser (contrastive IDM on each sequence's self-distance matrix)
+    idm_weight: float = 0.4
+    idm_sigma: int = 0  # frames |i - j| <= sigma count as neighbours
+    idm_margin: float = 1.1
+    # SPIN's swapped prediction
+    codebook_size: int = 256
+    sinkhorn_eps: float = 0.02
+    sinkhorn_iters: int = 3
+    temperature: float = 0.1
 
 
 @dataclass
 class OptimConfig:
+    name: Literal["s3prl_adamw", "adam"] = "s3prl_adamw"  # adam: torch.optim.Adam (L2 weight decay), as SPIN
     lr: float = 2e-5
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-7
     weight_decay: float = 0.0
     warmup_steps: int = 1000
     total_steps: int = 3600
+    init_lr: float = 0.0  # warm-up starts here (SPIN: 1e-6)
+    final_lr: float = 0.0  # linear decay ends here at total_steps (SPIN: 1e-6)
     grad_clip: float = 1.0
     max_nonfinite: int = 10  # abort after this many non-finite updates in a row
 
@@ -94,6 +117,7 @@ class OptimConfig:
 class TrainConfig:
     """The whole experiment."""
 
+    method: Literal["score", "laser", "spin"] = "score"  # training.methods: views, head and loss
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -112,6 +136,39 @@ class TrainConfig:
 
     def validate(self) -> None:
         validate(self)
+
+
+# Keys that belong to some methods only; every other key is shared by all methods.
+_SDTW_VIEWS = ("loss.gamma", "perturb.speeds", "perturb.semitones", "perturb.pitch_method", "perturb.on_device")
+_SPEAKER = ("perturb.formant_ratio_max", "perturb.f0_ratio_max", "perturb.f0_range_ratio_max", "perturb.pitch_floor",
+            "perturb.pitch_ceiling", "perturb.eq_gain_db")
+METHOD_KEYS: dict[str, tuple[str, ...]] = {
+    "score": (*_SDTW_VIEWS, "loss.normalize", "model.target_dropout"),
+    "laser": (*_SDTW_VIEWS, "loss.normalize", "loss.idm_weight", "loss.idm_sigma", "loss.idm_margin"),
+    "spin": (*_SPEAKER, "loss.codebook_size", "loss.sinkhorn_eps", "loss.sinkhorn_iters", "loss.temperature"),
+}
+_OWNED = {k for keys in METHOD_KEYS.values() for k in keys}
+# Defaults that differ by method, used where the YAML and the command line leave the key unset (the
+# dataclass defaults above are SCORE's). Trainable sets as the authors' code leaves them:
+# LASER (Trikaldarshi/LASER runner_part_freeze.py): parameters 3-176 frozen by position (CNN, feature
+# projection, positional conv, layers 1-10), then "model.layer_norm" (the CNN-feature LayerNorm) frozen;
+# the encoder LayerNorm (parameters 209-210) is left trainable. SPIN (vectominist/spin config/spin.yaml
+# freeze_layers, src/nn/hubert.py trainable_parameters): layers 11-12 only.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "score": {},
+    "laser": {"model.trainable": ["encoder.layers.10.", "encoder.layers.11.", "encoder.layer_norm."],
+              "loss.normalize": False},
+    "spin": {"model.trainable": ["encoder.layers.10.", "encoder.layers.11."]},
+}
+
+
+def check_method_keys(method: str, given: set[str]) -> None:
+    """Raise ConfigError naming the first key of ``given`` (dotted) that belongs to other methods only."""
+    foreign = sorted(k for k in given if k in _OWNED and k not in METHOD_KEYS[method])
+    if foreign:
+        users = [m for m, keys in METHOD_KEYS.items() if foreign[0] in keys]
+        raise ConfigError(f"config key '{foreign[0]}' belongs to method {' / '.join(users)}, not to method={method!r}; "
+                          f"remove it or choose the method it belongs to")
 
 
 def _type_name(tp: Any) -> str:
@@ -171,8 +228,9 @@ def _check_value(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
-def _apply(obj: Any, data: dict, prefix: str = "") -> None:
-    """Set the fields of dataclass ``obj`` from ``data`` (recursively), checking names and types."""
+def _apply(obj: Any, data: dict, prefix: str = "", given: set | None = None) -> None:
+    """Set the fields of dataclass ``obj`` from ``data`` (recursively), checking names and types; the dotted
+    keys set are added to ``given``."""
     if not isinstance(data, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {data!r}")
     hints = typing.get_type_hints(type(obj))
@@ -185,9 +243,11 @@ def _apply(obj: Any, data: dict, prefix: str = "") -> None:
             )
         current = getattr(obj, k)
         if dataclasses.is_dataclass(current):
-            _apply(current, v, key + ".")
+            _apply(current, v, key + ".", given)
         else:
             setattr(obj, k, _check_value(key, v, hints[k]))
+            if given is not None:
+                given.add(key)
 
 
 def parse_override(item: str) -> tuple[str, str]:
@@ -208,7 +268,7 @@ def _yaml_value(key: str, raw: str) -> Any:
         raise ConfigError(f"config key '{key}': cannot read value {raw!r} (YAML syntax)") from None
 
 
-def _set_dotted(cfg: TrainConfig, key: str, raw: str) -> None:
+def _set_dotted(cfg: TrainConfig, key: str, raw: str, given: set | None = None) -> None:
     """Set one dotted key from its command-line text (a string field takes the text as it is)."""
     obj: Any = cfg
     parts = key.split(".")
@@ -220,7 +280,7 @@ def _set_dotted(cfg: TrainConfig, key: str, raw: str) -> None:
         if i == len(parts) - 1:
             current = getattr(obj, part)
             if dataclasses.is_dataclass(current):
-                _apply(current, _yaml_value(sub, raw), sub + ".")
+                _apply(current, _yaml_value(sub, raw), sub + ".", given)
                 return
             hint = typing.get_type_hints(type(obj))[part]
             if hint is str or (typing.get_origin(hint) is Literal and raw in typing.get_args(hint)):
@@ -228,6 +288,8 @@ def _set_dotted(cfg: TrainConfig, key: str, raw: str) -> None:
             else:
                 value = _yaml_value(sub, raw)
             setattr(obj, part, _check_value(sub, value, hint))
+            if given is not None:
+                given.add(sub)
         else:
             obj = getattr(obj, part)
             if not dataclasses.is_dataclass(obj):
@@ -260,6 +322,20 @@ def validate(cfg: TrainConfig) -> None:
     need(0 <= d.max_failed_fraction <= 1, "data.max_failed_fraction", d.max_failed_fraction, "expected a fraction in [0, 1]")
     need(len(p.speeds) > 0 and all(s > 0 for s in p.speeds), "perturb.speeds", p.speeds, "expected positive factors")
     need(cfg.loss.gamma > 0, "loss.gamma", cfg.loss.gamma, "expected > 0")
+    need(0 <= o.init_lr <= o.lr, "optim.init_lr", o.init_lr, "expected 0 <= init_lr <= optim.lr")
+    need(0 <= o.final_lr <= o.lr, "optim.final_lr", o.final_lr, "expected 0 <= final_lr <= optim.lr")
+    lo = cfg.loss
+    need(lo.idm_weight >= 0, "loss.idm_weight", lo.idm_weight, "expected >= 0")
+    need(lo.idm_sigma >= 0, "loss.idm_sigma", lo.idm_sigma, "expected >= 0 frames")
+    need(lo.idm_margin > 0, "loss.idm_margin", lo.idm_margin, "expected > 0")
+    need(lo.codebook_size >= 2, "loss.codebook_size", lo.codebook_size, "expected >= 2 codewords")
+    need(lo.sinkhorn_eps > 0, "loss.sinkhorn_eps", lo.sinkhorn_eps, "expected > 0")
+    need(lo.sinkhorn_iters >= 1, "loss.sinkhorn_iters", lo.sinkhorn_iters, "expected >= 1")
+    need(lo.temperature > 0, "loss.temperature", lo.temperature, "expected > 0")
+    for k in ("formant_ratio_max", "f0_ratio_max", "f0_range_ratio_max"):
+        need(getattr(p, k) >= 1, f"perturb.{k}", getattr(p, k), "expected >= 1 (r is drawn from U(1, max), then r or 1/r)")
+    need(0 < p.pitch_floor < p.pitch_ceiling, "perturb.pitch_floor", p.pitch_floor, "expected 0 < floor < pitch_ceiling")
+    need(p.eq_gain_db >= 0, "perturb.eq_gain_db", p.eq_gain_db, "expected >= 0")
     need(cfg.model.head_dim > 0, "model.head_dim", cfg.model.head_dim, "expected > 0")
     need(len(cfg.model.trainable) > 0, "model.trainable", cfg.model.trainable, "expected at least one prefix")
     need(cfg.model.tiny or bool(cfg.model.init), "model.init", cfg.model.init,
@@ -283,6 +359,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         ConfigError: missing/unreadable YAML, unknown key, wrong type or out-of-range value.
     """
     cfg = schema()
+    given: set[str] = set()
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -291,9 +368,15 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-        _apply(cfg, data)
+        _apply(cfg, data, given=given)
     for item in overrides:
-        _set_dotted(cfg, *parse_override(item))
+        _set_dotted(cfg, *parse_override(item), given=given)
+    if hasattr(cfg, "method"):
+        check_method_keys(cfg.method, given)
+        for key, value in METHOD_DEFAULTS[cfg.method].items():
+            if key not in given:
+                section, name = key.split(".")
+                setattr(getattr(cfg, section), name, list(value) if isinstance(value, list) else value)
     cfg.validate()
     return cfg
 
@@ -317,13 +400,24 @@ def config_changes(old: dict, new: dict, ignore: tuple[str, ...] = (), prefix: s
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:
-    """Plain nested dict (only str/int/float/bool/None/list/dict): safe for ``torch.load(weights_only=True)``."""
-    return dataclasses.asdict(cfg)
+    """Plain nested dict (only str/int/float/bool/None/list/dict): safe for ``torch.load(weights_only=True)``.
+
+    Keys of other methods than ``cfg.method`` are left out (:data:`METHOD_KEYS`).
+    """
+    out = dataclasses.asdict(cfg)
+    if isinstance(cfg, TrainConfig):
+        for key in _OWNED - set(METHOD_KEYS[cfg.method]):
+            section, name = key.split(".")
+            out[section].pop(name, None)
+    return out
 
 
 def config_from_dict(data: dict) -> TrainConfig:
-    """Inverse of :func:`config_to_dict`, with the same checks as a YAML file."""
+    """Inverse of :func:`config_to_dict`, with the same checks as a YAML file. A dict without ``method``
+    (written before methods existed) is a SCORE config; keys it lacks take their defaults."""
     cfg = TrainConfig()
-    _apply(cfg, data)
+    given: set[str] = set()
+    _apply(cfg, data, given=given)
+    check_method_keys(cfg.method, given)
     cfg.validate()
     return cfg

@@ -85,9 +85,11 @@ class ScoreModel(nn.Module):
             deep copy the target.
         cfg: :class:`ModelConfig` (trainable prefixes, head size, target dropout, CNN mode).
         seed: seeds the head's initialisation.
+        with_target: build the frozen target (SCORE); False for methods whose views all go through the
+            student (``training.methods``), which then use :meth:`encode` and :meth:`project` only.
     """
 
-    def __init__(self, bundle, cfg: ModelConfig, seed: int = 0):
+    def __init__(self, bundle, cfg: ModelConfig, seed: int = 0, with_target: bool = True):
         super().__init__()
         self.bundle = bundle
         self.cfg = cfg
@@ -95,17 +97,8 @@ class ScoreModel(nn.Module):
         for m in (self.student,):
             m.feature_grad_mult = 0.0
             m.encoder.layerdrop = 0.0
-        # rebuilt rather than deep-copied: weight_norm on the positional conv refuses deepcopy
-        from score_upstream.models.hubert import build_model
-
-        with torch.random.fork_rng(devices=[]):  # building draws initial weights: keep the caller's RNG
-            target = build_model(bundle.model_cfg, bundle.task_cfg, bundle.symbols)
-        target.load_state_dict(self.student.state_dict())
-        target.feature_grad_mult = 0.0
-        target.encoder.layerdrop = 0.0
-        target.requires_grad_(False)
         # a plain attribute, not a submodule: keeps the target out of state_dict() and parameters()
-        self.__dict__["target"] = target
+        self.__dict__["target"] = self._frozen_copy() if with_target else None
         task = bundle.task_cfg if isinstance(bundle.task_cfg, dict) else vars(bundle.task_cfg)
         self.normalize_wav = bool(task.get("normalize", False))
         self.layout = conv_layout(self.student)
@@ -122,14 +115,29 @@ class ScoreModel(nn.Module):
             p.requires_grad_(n in keep)
         self.train()
 
+    def _frozen_copy(self) -> nn.Module:
+        # rebuilt rather than deep-copied: weight_norm on the positional conv refuses deepcopy
+        from score_upstream.models.hubert import build_model
+
+        bundle = self.bundle
+        with torch.random.fork_rng(devices=[]):  # building draws initial weights: keep the caller's RNG
+            target = build_model(bundle.model_cfg, bundle.task_cfg, bundle.symbols)
+        target.load_state_dict(self.student.state_dict())
+        target.feature_grad_mult = 0.0
+        target.encoder.layerdrop = 0.0
+        target.requires_grad_(False)
+        return target
+
     def to(self, *args, **kwargs):
         super().to(*args, **kwargs)
-        self.__dict__["target"] = self.target.to(*args, **kwargs)
+        if self.target is not None:
+            self.__dict__["target"] = self.target.to(*args, **kwargs)
         return self
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.target.train(mode and self.cfg.target_dropout)
+        if self.target is not None:
+            self.target.train(mode and self.cfg.target_dropout)
         return self
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:

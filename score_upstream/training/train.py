@@ -1,4 +1,8 @@
-"""SCORE fine-tuning: soft-DTW correspondence between a HuBERT student and its frozen initial copy.
+"""Fine-tuning of HuBERT by SCORE (default), LASER or SPIN (config key ``method``), on one shared trainer.
+
+SCORE: soft-DTW correspondence between a HuBERT student and its frozen initial copy. LASER and SPIN:
+``score_upstream.training.methods`` (their views, heads and losses); data, updates, checkpoints, torchrun
+and logging are the same for all three.
 
 Run::
 
@@ -7,9 +11,11 @@ Run::
     score-train recipes/score/tiny.yaml --data synth_root --out exp/tiny        # CPU, under a minute
     torchrun --nproc_per_node 8 -m score_upstream.training.train CONFIG.yaml --data ... --out ...   # same flags
     score-train CONFIG.yaml --data ... --out exp/score resume=auto                           # continue
+    score-train recipes/laser/hubert_base.yaml ...   or   recipes/spin/hubert_base.yaml ...    # other methods
 
-Each update averages the soft-DTW divergence of ``data.utterances_per_update`` (view, view) pairs, each
-pair normalised by its own N + M (SPEC §1), and steps s3prl's AdamW (:mod:`.optim`). Processes split
+Each update averages the method's loss over ``data.utterances_per_update`` (view, view) pairs (SCORE: the
+soft-DTW divergence of each pair, normalised by its own N + M, SPEC §1) and steps s3prl's AdamW
+(:mod:`.optim`) or, with ``optim.name=adam``, torch's Adam. Processes split
 every update's utterances; their gradients are summed with one all-reduce per update, so any
 micro-batching gives the same update as batch 1 x accumulation. Updates run across epoch boundaries
 as s3prl's runner counts backward steps (no utterance dropped). A file that cannot be loaded,
@@ -17,7 +23,9 @@ perturbed or encoded is reported once and skipped; more than ``data.max_failed_f
 the run. Resuming refuses a changed recipe key unless ``--allow-config-change`` is given.
 Outputs in ``--out``: ``score_hubert.pt`` (s3prl converted HuBERT format), resumable
 ``state-NNNNNN.pt`` checkpoints, ``train_log.csv``, ``config.yaml`` (the latest start) and
-``config-<time>-<n>.yaml`` (every start), TensorBoard events.
+``config-<time>-<n>.yaml`` (every start), TensorBoard events. Processed speech (the audio seconds of the
+views that went through the trainable model, see ``training.methods``) is logged on the step line in hours,
+kept in the training state and recorded, with the method and the recipe, in ``score_hubert.pt``.
 """
 
 from __future__ import annotations
@@ -39,12 +47,13 @@ import yaml
 
 from score_upstream.audio import AudioError
 from score_upstream.atomic import FORMAT_VERSION_KEY, atomic_save, atomic_write_bytes, prune_checkpoints
-from score_upstream.training.config import ConfigError, TrainConfig, config_to_dict, load_config
+from score_upstream.training.config import ConfigError, TrainConfig, config_from_dict, config_to_dict, load_config
 from score_upstream.training.data import (DataError, MicroBatch, Originals, PairDataset, UpdateBatch, UpdateCollate,
                                           UpdateSampler, cut_micro_batches, find_librispeech, load_manifest, mix_seed,
                                           min_utterance_samples)
+from score_upstream.training.methods import get_method
 from score_upstream.training.runtime import STATE_RE, check_resume_config, dist_env, keep_config, latest_state, run_cli, setup_device
-from score_upstream.training.model import ScoreModel, conv_layout, min_input_samples
+from score_upstream.training.model import conv_layout, min_input_samples
 from score_upstream.training.optim import AdamW
 
 logger = logging.getLogger(__name__)
@@ -63,11 +72,12 @@ class TrainError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- set-up
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up from 0 over ``warmup`` updates, then linear decay to 0 at ``total``."""
+def lr_factor(step: int, warmup: int, total: int, start: float = 0.0, end: float = 0.0) -> float:
+    """Linear warm-up from ``start`` over ``warmup`` updates, then linear decay to ``end`` at ``total``
+    (factors of the peak learning rate; SCORE: 0 and 0, SPIN: 1e-6 / 1e-4 both)."""
     if step < warmup:
-        return step / max(1, warmup)
-    return max(0.0, (total - step) / max(1, total - warmup))
+        return start + (1.0 - start) * (step / max(1, warmup))
+    return end + (1.0 - end) * max(0.0, (total - step) / max(1, total - warmup))
 
 
 def build_bundle(cfg: TrainConfig):
@@ -84,12 +94,16 @@ def build_bundle(cfg: TrainConfig):
 
 
 def build_perturbation(cfg: TrainConfig):
-    """``ScorePerturbation`` from the ``perturb`` section, as a ``(wav, generator) -> wav`` callable."""
-    from score_upstream.augment.perturb import ScorePerturbation
+    """The method's perturbation (SCORE, LASER: ``ScorePerturbation``; SPIN: ``SpeakerPerturbation``) from the
+    ``perturb`` section, as a ``(wav, generator) -> view`` callable."""
+    return get_method(cfg).build_perturbation()
 
-    p = cfg.perturb
-    return ScorePerturbation(speed_factors=tuple(p.speeds), semitones=tuple(p.semitones),
-                             pitch_method=p.pitch_method, sr=cfg.data.sample_rate)
+
+def build_optimizer(params: list, o) -> torch.optim.Optimizer:
+    """s3prl's AdamW (SCORE, LASER) or torch's Adam with L2 weight decay (SPIN) from the ``optim`` section."""
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    return AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -157,14 +171,14 @@ class RunLog:
             self.writer.writerow([step, f"{rec['loss']:.6f}", f"{rec['lr']:.6e}", f"{rec['grad_norm']:.4f}",
                                   f"{rec['audio_seconds']:.2f}", f"{rate:.1f}", f"{time.perf_counter() - self.t0:.1f}"])
             if self.tb is not None:
-                for k in ("loss", "lr", "grad_norm", "audio_s_per_s"):
+                for k in ("loss", "lr", "grad_norm", "audio_s_per_s", "speech_hours"):
                     self.tb.add_scalar(f"train/{k}", rec[k], step)
             if self.bar is not None:
                 self.bar.update(1)
                 self.bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", aps=f"{rate:.0f}")
             if step % self.log_every == 0 or step == self.total:
                 line = (f"step {step:05d}/{self.total:05d} | loss {rec['loss']:.4f} | lr {rec['lr']:.3e} | "
-                        f"audio-s/s {rate:.1f}")
+                        f"audio-s/s {rate:.1f} | speech-h {rec['speech_hours']:.4f}")
                 (self.bar.write(line) if self.bar is not None else logger.info(line))
                 self.csv_file.flush()
         if step % self.log_every == 0:
@@ -181,8 +195,10 @@ class Trainer:
     """Holds everything of one run; :meth:`fit` trains to ``optim.total_steps``."""
 
     def __init__(self, cfg: TrainConfig, data_root: str | os.PathLike, out_dir: str | os.PathLike,
-                 perturbation=None, loss_fn=None):
+                 perturbation=None, loss_fn=None, recipe: dict | None = None):
         self.cfg, self.out = cfg, Path(out_dir)
+        self.recipe = recipe or {"file": None, "overrides": []}  # recorded in score_hubert.pt
+        self.method = get_method(cfg)
         self.rank, self.world, local_rank = dist_env()
         self.leader = self.rank == 0
         find_librispeech(data_root)  # a missing path fails before any model is built
@@ -197,24 +213,24 @@ class Trainer:
         random.seed(cfg.seed + 1000 * self.rank)
 
         self.bundle = build_bundle(cfg)
-        self.perturbation = perturbation if perturbation is not None else build_perturbation(cfg)
+        self.perturbation = perturbation if perturbation is not None else self.method.build_perturbation()
         self._build_data(data_root)
         self.loss_fn = loss_fn
         if loss_fn is None:
             from score_upstream.sdtw.divergence import soft_dtw_divergence
 
             self.loss_fn = soft_dtw_divergence
-        self.model = ScoreModel(self.bundle, cfg.model, seed=cfg.seed).to(self.device)
+        self.model = self.method.build_model(self.bundle, cfg.seed).to(self.device)
         self.params = self.model.trainable_parameters()
         if self.world > 1:  # identical start on every process
             for p in self.params.values():
                 dist.broadcast(p.data, 0)
         o = cfg.optim
-        self.opt = AdamW(list(self.params.values()), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                         weight_decay=o.weight_decay)
+        self.opt = build_optimizer(list(self.params.values()), o)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_factor(s, o.warmup_steps, o.total_steps))
+            self.opt, lambda s: lr_factor(s, o.warmup_steps, o.total_steps, o.init_lr / o.lr, o.final_lr / o.lr))
         self.step, self.epoch, self.pos = 0, 0, 0  # pos: updates drawn from the data stream (skipped ones too)
+        self.speech_seconds = 0.0  # audio through the trainable model so far (training.methods)
         self.nonfinite_in_row = 0
         self.failed_files: dict[str, str] = {}  # path -> why, each reported once
         self.history: list[dict] = []
@@ -250,6 +266,7 @@ class Trainer:
             "kind": "score_train_state",
             "step": self.step, "epoch": self.epoch, "pos": self.pos, "world_size": self.world,
             "nonfinite_in_row": self.nonfinite_in_row,
+            "speech_seconds": self.speech_seconds,
             "failed_files": dict(self.failed_files),
             "trainable": {n: p.detach().cpu().clone() for n, p in self.params.items()},
             "optimizer": self.opt.state_dict(),
@@ -276,7 +293,11 @@ class Trainer:
                              f"{state.get('kind')!r} version {state.get(FORMAT_VERSION_KEY)!r} (version 1 states come "
                              "from before updates crossed epoch boundaries); finish that run with the code that "
                              "wrote it, or start over in a new --out directory")
-        check_resume_config(path, state["config"], config_to_dict(self.cfg), RUN_KEYS, allow_config_change, TrainError)
+        try:  # through the schema: a config from before methods existed reads as SCORE with today's defaults
+            old = config_to_dict(config_from_dict(state["config"]))
+        except ConfigError as e:
+            raise TrainError(f"{path}: its config does not load ({e}); resume with the code that wrote it") from None
+        check_resume_config(path, old, config_to_dict(self.cfg), RUN_KEYS, allow_config_change, TrainError)
         missing = set(self.params) ^ set(state["trainable"])
         if missing:
             raise TrainError(f"{path}: trainable parameters differ from this config ({sorted(missing)[:3]} ...); "
@@ -288,6 +309,9 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.pos = state["step"], state["epoch"], state["pos"]
         self.nonfinite_in_row = state["nonfinite_in_row"]
+        self.speech_seconds = float(state.get("speech_seconds", 0.0))
+        if "speech_seconds" not in state and self.leader:
+            logger.warning("%s predates the processed-speech count: it counts from this start", path)
         self.failed_files = dict(state["failed_files"])
         if state["world_size"] == self.world:
             _set_rng_state(state["rng"][self.rank])
@@ -364,28 +388,28 @@ class Trainer:
             return []
         return cut_micro_batches(students, targets, indices, int(self.cfg.data.batch_seconds * self.cfg.data.sample_rate))
 
-    def _backward(self, mb: MicroBatch, failures: dict) -> tuple[torch.Tensor, int]:
-        """Forward and backward of one micro-batch: ``(summed divergence, pairs)``.
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def _backward(self, mb: MicroBatch, failures: dict) -> tuple[torch.Tensor, int, float]:
+        """Forward and backward of one micro-batch: ``(summed pair losses, pairs, processed seconds)``.
 
         A micro-batch that cannot be encoded is retried pair by pair; a pair that still fails is reported
         and left out.
         """
         try:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                s, s_len, t, t_len = self.model(mb.student.to(self.device, non_blocking=True), mb.student_lengths,
-                                                mb.target.to(self.device, non_blocking=True), mb.target_lengths)
-            div = self.loss_fn(s.float(), t.float(), s_len, t_len, gamma=self.cfg.loss.gamma,
-                               normalize=self.cfg.loss.normalize)
+            div = self.method.pair_losses(self.model, mb, self.device, self._autocast, self.loss_fn)
         except ITEM_ERRORS as e:
             if _out_of_memory(e):
                 raise
             if len(mb.indices) > 1:
                 parts = [self._backward(mb.select(k), failures) for k in range(len(mb.indices))]
-                return sum((p[0] for p in parts), torch.zeros((), device=self.device)), sum(p[1] for p in parts)
+                return (sum((p[0] for p in parts), torch.zeros((), device=self.device)), sum(p[1] for p in parts),
+                        sum(p[2] for p in parts))
             self._fail(failures, mb.indices[0], f"cannot be encoded ({type(e).__name__}: {e})")
-            return torch.zeros((), device=self.device), 0
+            return torch.zeros((), device=self.device), 0, 0.0
         div.sum().backward()
-        return div.detach().sum(), len(mb.indices)
+        return div.detach().sum(), len(mb.indices), self.method.processed_seconds(mb)
 
     def train_update(self, batch: UpdateBatch) -> dict | None:
         """Forward/backward over the micro-batches, sum gradients over processes, step. None if skipped."""
@@ -393,15 +417,15 @@ class Trainer:
         for index, why in batch.failed:
             self._fail(failures, index, why)
         micro = batch.micro if batch.originals is None else self._perturb_on_device(batch.originals, failures)
-        loss_sum, pairs = torch.zeros((), device=self.device), 0
+        loss_sum, pairs, speech = torch.zeros((), device=self.device), 0, 0.0
         for mb in micro:
-            loss, n = self._backward(mb, failures)
-            loss_sum, pairs = loss_sum + loss, pairs + n
+            loss, n, seconds = self._backward(mb, failures)
+            loss_sum, pairs, speech = loss_sum + loss, pairs + n, speech + seconds
         params = list(self.params.values())
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        extra = torch.tensor([float(pairs), batch.audio_seconds, float(len(failures))], device=self.device)
+        extra = torch.tensor([speech, float(pairs), batch.audio_seconds, float(len(failures))], device=self.device)
         flat = self._all_reduce(torch.cat([g.reshape(-1) for g in grads] + [loss_sum.reshape(1), extra]))
-        total_pairs, audio_seconds = int(flat[-3]), float(flat[-2])
+        speech, total_pairs, audio_seconds = float(flat[-4]), int(flat[-3]), float(flat[-2])
         self._record_failures(failures, bool(flat[-1] > 0))
         if total_pairs == 0:
             self.opt.zero_grad(set_to_none=True)
@@ -412,7 +436,7 @@ class Trainer:
         for p in params:
             p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
             offset += p.numel()
-        loss = float(flat[-4])
+        loss = float(flat[-5])
         clip = self.cfg.optim.grad_clip
         gnorm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
         if not (math.isfinite(loss) and torch.isfinite(gnorm)):
@@ -427,11 +451,13 @@ class Trainer:
         self.nonfinite_in_row = 0
         lr = self.opt.param_groups[0]["lr"]
         self.opt.step()
+        self.method.after_step(self.model)
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
+        self.speech_seconds += speech
         return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": float(gnorm), "audio_seconds": audio_seconds,
-                "pairs": total_pairs}
+                "pairs": total_pairs, "speech_seconds": speech, "speech_hours": self.speech_seconds / 3600}
 
     # ------------------------------------------------------------------------------------------ fit
     def fit(self, allow_config_change: bool = False) -> dict:
@@ -482,8 +508,8 @@ class Trainer:
         keep_config(self.out, text)
         atomic_write_bytes(text.encode(), self.out / "config.yaml")
         n_train = sum(p.numel() for p in self.params.values())
-        logger.info("%d utterances (%.1f h), %.1f updates per epoch; %d trainable parameters in %d tensors; "
-                    "device %s, %s, %d process(es)", len(self.utts),
+        logger.info("method %s: %d utterances (%.1f h), %.1f updates per epoch; %d trainable parameters in %d tensors; "
+                    "device %s, %s, %d process(es)", cfg.method, len(self.utts),
                     sum(u.num_samples for u in self.utts) / cfg.data.sample_rate / 3600,
                     self.sampler.updates_per_epoch(), n_train, len(self.params), self.device,
                     "bf16 autocast" if self.bf16 else "fp32", self.world)
@@ -497,14 +523,21 @@ class Trainer:
             logger.warning("skipped during training: %s", self.failure_summary())
         if self.world > 1:
             dist.barrier()
+        if self.leader:
+            logger.info("processed speech: %.4f h through the trainable model (%s)", self.speech_seconds / 3600,
+                        " + ".join(f"{v} view" for v in self.method.trainable_views))
         return {"step": self.step, "final": final, "history": self.history, "failed_files": sorted(self.failed_files),
-                "skipped_manifest": self.skipped_manifest}
+                "skipped_manifest": self.skipped_manifest, "speech_hours": self.speech_seconds / 3600}
 
     def save_final(self) -> Path:
         from score_upstream import __version__
         from score_upstream.models.hubert import save_hf, save_s3prl
 
-        extra = {"score": {"method": "SCORE soft-DTW correspondence fine-tuning", "version": __version__,
+        extra = {"score": {"method": self.method.title, "method_name": self.cfg.method, "recipe": dict(self.recipe),
+                           "processed_speech_hours": self.speech_seconds / 3600,
+                           "processed_speech": "audio of the views through the trainable model: "
+                                               + " + ".join(self.method.trainable_views),
+                           "version": __version__,
                            "steps": self.step, "init": self.cfg.model.init or "tiny (random)",
                            "trainable": list(self.model.trainable_names),
                            "unreadable_files": len(self.failed_files), "config": config_to_dict(self.cfg)}}
@@ -519,7 +552,9 @@ def train(config: str | os.PathLike | TrainConfig | None, data: str | os.PathLik
           overrides: list[str] | tuple[str, ...] = (), allow_config_change: bool = False, **kwargs) -> dict:
     """Library entry: load the config (errors before any work), train, return a summary dict."""
     cfg = config if isinstance(config, TrainConfig) else load_config(config, overrides)
-    return Trainer(cfg, data, out, **kwargs).fit(allow_config_change)
+    recipe = {"file": None if isinstance(config, TrainConfig) or config is None else str(config),
+              "overrides": list(overrides)}
+    return Trainer(cfg, data, out, recipe=recipe, **kwargs).fit(allow_config_change)
 
 
 def main(argv: list[str] | None = None) -> int:
