@@ -18,6 +18,9 @@ frame, an error), the formant/F0 step is left out and the EQ still applied, as S
 
 SPIN reads the F0 search range per LibriSpeech speaker; here it is one range for all (``pitch_floor``,
 ``pitch_ceiling``, Praat's defaults 75-600 Hz). All draws come from an explicit ``torch.Generator``.
+Praat's PSOLA draws random numbers of its own (the output of two identical calls differs by up to
+~0.4 in amplitude), so each call first seeds Praat's generator with a seed drawn from the generator too:
+the view is a function of the input and the generator state.
 """
 
 from __future__ import annotations
@@ -81,9 +84,11 @@ def median_f0(wav: np.ndarray, sr: int, floor: float = 75.0, ceiling: float = 60
 
 
 def change_gender(wav: np.ndarray, sr: int, formant_ratio: float, f0_ratio: float, range_ratio: float,
-                  floor: float = 75.0, ceiling: float = 600.0) -> np.ndarray:
+                  floor: float = 75.0, ceiling: float = 600.0, seed: int | None = None) -> np.ndarray:
     """Praat's ``Change gender``: formants x ``formant_ratio``, median F0 x ``f0_ratio``, pitch range x
     ``range_ratio``, duration kept; returns exactly ``len(wav)`` samples (float64).
+
+    ``seed`` seeds Praat's process-wide random generator first (None: Praat's own state, not reproducible).
 
     Raises:
         PerturbError: no voiced frame, or Praat refused the input.
@@ -97,6 +102,8 @@ def change_gender(wav: np.ndarray, sr: int, formant_ratio: float, f0_ratio: floa
     if not (f0 > 0).any():
         raise PerturbError("no voiced frame to measure F0 on")
     target = float(np.median(f0[f0 > 0])) * f0_ratio
+    if seed is not None:
+        parselmouth.praat.run(f"random_initializeWithSeedUnsafelyButPredictably ({int(seed)})")
     try:
         out = parselmouth.praat.call([sound, pitch], "Change gender", formant_ratio, target, range_ratio, 1.0)
     except parselmouth.PraatError as e:
@@ -149,6 +156,7 @@ class SpeakerPerturbation:
              "range_ratio": ratio(self.range_ratio_max)}
         d["eq_gains_db"] = [(2.0 * u - 1.0) * self.eq_gain_db for u in uniform(EQ_BANDS)]
         d["eq_qs"] = [EQ_Q_MIN * (EQ_Q_MAX / EQ_Q_MIN) ** u for u in uniform(EQ_BANDS)]
+        d["praat_seed"] = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
         return d
 
     def apply(self, wav: Tensor, draw: dict) -> tuple[Tensor, bool]:
@@ -158,7 +166,7 @@ class SpeakerPerturbation:
         x = wav.detach().cpu().double().numpy()
         try:
             y = change_gender(x, self.sr, draw["formant_ratio"], draw["f0_ratio"], draw["range_ratio"],
-                              self.pitch_floor, self.pitch_ceiling)
+                              self.pitch_floor, self.pitch_ceiling, draw["praat_seed"])
             changed = True
         except PerturbError:
             y, changed = x.copy(), False
