@@ -313,3 +313,34 @@ def test_tiny_recipe_lowers_loss_resumes_exactly_and_writes_its_provenance(metho
         with torch.no_grad():
             hs, _ = stock(torch.randn(1, 16000), torch.tensor([16000]))
         assert len(hs) == 13
+
+
+def test_results_table_carries_method_and_processed_speech(tmp_path):
+    import json
+
+    from score_upstream.report import results
+    from score_upstream.report.render import markdown
+
+    def experiment(name, kind, info):
+        d = tmp_path / name
+        (d / "pr" / "seed0").mkdir(parents=True)
+        (d / "pr" / "seed0" / "test.log").write_text("test per: 0.0500\n")
+        ckpt = tmp_path / f"{name}.pt"
+        torch.save(info, ckpt)
+        (d / "model.json").write_text(json.dumps({"name": name, "upstream": "score_hubert", "ckpt": str(ckpt),
+                                                  "kind": kind}))
+        return results.read_experiment(d)
+
+    rows = [experiment("SCORE", "score", {"score": {"method": "SCORE soft-DTW correspondence fine-tuning",
+                                                    "method_name": "score", "processed_speech_hours": 101.0}}),
+            experiment("SPIN", "spin", {"score": {"method_name": "spin", "processed_speech_hours": 711.0}}),
+            experiment("old", "score", {"score": {"method": "SCORE soft-DTW correspondence fine-tuning"}}),
+            experiment("converted", "other", {"spin": {"source": "spin.ckpt"}})]
+    table = {r["model"]: r for r in results.build_table(rows)}
+    assert table["SCORE"]["train_method"] == "score" and table["SCORE"]["train_speech_h"] == 101.0
+    assert table["SCORE"]["train_speech_vs_spin"] == pytest.approx(101.0 / 711.0)
+    assert table["old"]["train_method"] == "score" and table["old"]["train_speech_h"] == results.MISSING
+    assert table["converted"]["train_method"] == "spin (converted)"
+    md = markdown(list(table.values()), [], "t")
+    assert "| Method | Speech h | Speech vs SPIN | Checkpoint |" in md
+    assert "| score | 101.00 | 0.14x |" in md

@@ -55,12 +55,19 @@ def markdown(table: list[dict], header: list[str], title: str) -> str:
         cols = ["Model", "Kind", "WER % (ASR)", "PER % (PR)", "MTWV (QbE)", "QbE layer"]
         cols += ["MTWV last layer", "Last layer"] if LAST in metrics else []
         cols += [f"{TASK_OF[m]} vs {'HuBERT' if k == 'hubert' else 'SPIN'}" for k in kinds for m in metrics]
+        trained = any(isinstance(r.get("train_speech_h"), float) or r.get("train_method") not in (None, NA, "missing")
+                      for r in rows)
+        cols += ["Method", "Speech h", "Speech vs SPIN"] if trained else []
         cols += ["Source" if source == "reported" else "Checkpoint"]
         out += [f"## {heading}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in rows:
             cells = [r["model"], r["kind"], value_cell(r, "wer"), value_cell(r, "per"), value_cell(r, "mtwv"), str(r["qbe_layer"])]
             cells += [value_cell(r, LAST), str(r["qbe_last_layer"])] if LAST in metrics else []
             cells += [_cell(r[f"rel_{REL_KEY[m]}_vs_{k}"], 2, True) for k in kinds for m in metrics]
+            if trained:
+                ratio = r["train_speech_vs_spin"]
+                cells += [str(r["train_method"]), _cell(r["train_speech_h"], 2),
+                          f"{ratio:.2f}x" if isinstance(ratio, float) else NA]
             cells += [r["citation"] or NA]
             out.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
         notes = [f"{r['model']}: {r['notes']}" for r in rows if r["notes"]]
@@ -70,5 +77,7 @@ def markdown(table: list[dict], header: list[str], title: str) -> str:
     out += ["WER and PER: mean ± sample sd over downstream seeds (n = seeds); MTWV [low, high]: 95% bootstrap "
             "interval over queries. Relative improvement, on the means: (base - new) / base for WER and PER, "
             "(new - base) / base for MTWV; positive = better. Reproduced rows are compared with reproduced "
-            "baselines only.", ""]
+            "baselines only." + (" Speech h: hours of speech through the trainable model during fine-tuning "
+                                 "(SCORE: the student's view; LASER, SPIN: both views), from each checkpoint."
+                                 if any(isinstance(r.get("train_speech_h"), float) for r in table) else ""), ""]
     return "\n".join(out)

@@ -11,7 +11,7 @@ improvements vs HuBERT; ``score_upstream.report.plot``).
 Each ``EXPDIR`` is one model's experiment root, as ``recipes/{asr,pr,qbe}.sh`` and ``run_superb.sh`` lay it out::
 
     EXPDIR/model.json            {"name": "SCORE", "upstream": "score_hubert", "ckpt": "exp/score/score_hubert.pt",
-                                  "kind": "score"}          # kind: hubert | score | spin | other
+                                  "kind": "score"}          # kind: hubert | score | laser | spin | other
     EXPDIR/asr/seed<S>/test-clean.log   stdout of `score-s3prl -m evaluate -t test-clean` (s3prl asr expert),
                                  one per downstream seed S:
                                      test-clean loss: 0.1021
@@ -36,6 +36,12 @@ WER and PER are the mean over the seed folders, with their sample standard devia
 directly) counts as one run. MTWV carries its bootstrap interval (``mtwv_low``/``mtwv_high``) and the last
 layer's MTWV beside the reported one (``mtwv_last``, ``qbe_last_layer``). The last matching line of a log wins. A missing file, line or field makes that cell ``missing``; nothing
 is ever estimated. ``model.json`` absent: the folder name is the model name and its kind is ``other``.
+
+How each model was trained comes from its checkpoint (``ckpt`` of ``model.json``, a ``score-train`` output):
+``train_method`` (score, laser, spin) and ``train_speech_h``, the hours of speech that went through the
+trainable model (SCORE: the student's view of each utterance; LASER and SPIN: both views), with
+``train_speech_vs_spin`` the ratio to the reproduced SPIN row's hours. A checkpoint converted from SPIN's
+release says ``spin (converted)`` and its hours are missing: nothing is estimated.
 
 Published numbers come from ``results/reported.csv`` (``--reported``), one row per (model, source), with
 absolute metrics and/or the relative figures a paper quotes. Relative improvement (SPEC §2):
@@ -65,7 +71,7 @@ logger = logging.getLogger(__name__)
 MISSING = "missing"
 NOT_REPORTED = "not reported"
 NA = "n/a"
-KINDS = ("hubert", "score", "spin", "other")
+KINDS = ("hubert", "score", "laser", "spin", "other")
 METRICS = ("wer", "per", "mtwv")
 LAST = "mtwv_last"  # the last layer's MTWV, reported beside the protocol's layer
 TASK_OF = {"wer": "ASR", "per": "PR", "mtwv": "QbE", LAST: "QbE last layer"}
@@ -108,6 +114,30 @@ class ModelResult:
     reported_rel: dict[str, float] = field(default_factory=dict)  # metric -> % vs HuBERT, as a paper states it
     citation: str = ""
     notes: list[str] = field(default_factory=list)
+    train_method: str | None = None  # from the checkpoint's provenance (score-train)
+    train_speech_hours: float | None = None  # speech through the trainable model during training
+
+
+def read_training(ckpt: str | Path | None) -> tuple[str | None, float | None]:
+    """``(method, processed speech in hours)`` recorded in a checkpoint by ``score-train``; None where the
+    checkpoint is absent or does not say (SCORE checkpoints from before methods existed: ``score``, hours None)."""
+    if not ckpt or not Path(ckpt).is_file():
+        return None, None
+    import torch
+
+    try:
+        raw = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # a checkpoint the table cannot read only loses these two cells
+        logger.warning("%s: cannot read the training provenance (%s)", ckpt, e)
+        return None, None
+    info = raw.get("score") if isinstance(raw, dict) else None
+    if isinstance(info, dict):
+        method = info.get("method_name") or ("score" if "SCORE" in str(info.get("method", "")) else None)
+        hours = info.get("processed_speech_hours")
+        return method, float(hours) if isinstance(hours, (int, float)) else None
+    if isinstance(raw, dict) and "spin" in raw:
+        return "spin (converted)", None
+    return None, None
 
 
 def parse_s3prl_log(path: str | Path, key: str, splits: tuple[str, ...] = ("test-clean", "test")) -> float | None:
@@ -232,6 +262,7 @@ def read_experiment(expdir: str | Path) -> ModelResult:
         logger.warning("%s: no model.json; naming the row %r, kind 'other'", expdir, expdir.name)
     row = ModelResult(name=str(meta.get("name") or expdir.name), kind=meta.get("kind", "other"))
     row.citation = " ".join(str(meta[k]) for k in ("upstream", "ckpt") if meta.get(k))
+    row.train_method, row.train_speech_hours = read_training(meta.get("ckpt"))
 
     wers = {}
     for seed, (wer, run) in read_runs(expdir / "asr", "test-clean.log", "wer").items():
@@ -328,7 +359,8 @@ def build_table(rows: list[ModelResult]) -> list[dict]:
     Columns: ``wer``, ``wer_sd``, ``wer_n``, ``per``, ``per_sd``, ``per_n`` (mean, sd over seeds, seed count),
     ``mtwv``, ``mtwv_low``, ``mtwv_high``, ``qbe_layer``, ``mtwv_last``, ``mtwv_last_low``, ``mtwv_last_high``,
     ``qbe_last_layer`` (bootstrap intervals over queries), ``qbe_protocol``, ``qbe_scope``, then
-    ``rel_{asr,pr,qbe,qbe_last}_vs_{hubert,spin}``, ``citation``, ``notes``.
+    ``rel_{asr,pr,qbe,qbe_last}_vs_{hubert,spin}``, ``train_method``, ``train_speech_h``,
+    ``train_speech_vs_spin``, ``citation``, ``notes``.
     """
     table = []
     for source in ("reproduced", "reported"):
@@ -352,6 +384,12 @@ def build_table(rows: list[ModelResult]) -> list[dict]:
             for kind, base in bases.items():
                 for metric in (*METRICS, LAST):
                     rec[f"rel_{REL_KEY[metric]}_vs_{kind}"] = compare(row, base, metric, kind)
+            rec["train_method"] = row.train_method or (empty if source == "reproduced" else NA)
+            rec["train_speech_h"] = row.train_speech_hours if row.train_speech_hours is not None else (
+                empty if source == "reproduced" else NA)
+            spin_h = bases["spin"].train_speech_hours if bases["spin"] is not None else None
+            rec["train_speech_vs_spin"] = (row.train_speech_hours / spin_h if row.train_speech_hours is not None
+                                           and spin_h else NA)
             rec["citation"] = row.citation
             rec["notes"] = "; ".join(row.notes)
             table.append(rec)
