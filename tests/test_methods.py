@@ -302,17 +302,21 @@ def test_tiny_recipe_lowers_loss_resumes_exactly_and_writes_its_provenance(metho
     info = raw["score"]
     assert info["method_name"] == method and info["recipe"]["file"] == str(recipe) and info["recipe"]["overrides"] == args
     assert info["processed_speech_hours"] == pytest.approx(sa["speech_seconds"] / 3600)
-    if method == "spin":  # the codebook belongs to training only; s3prl's own expert loads the model
+    if method == "spin":  # the codebook belongs to training only
         assert "codebook.weight" in sa["trainable"] and not any("codebook" in k for k in raw["model_weight"])
-        import score_upstream
+    import score_upstream
 
-        score_upstream.register()
-        from s3prl.nn import S3PRLUpstream
+    score_upstream.register()
+    from s3prl.nn import S3PRLUpstream
 
-        stock = S3PRLUpstream("hubert_local", path_or_url=str(tmp_path / "a" / "score_hubert.pt")).eval()
+    wav = torch.randn(1, 16000, generator=torch.Generator().manual_seed(3))
+    outs = []
+    for name in ("score_hubert", "hubert_local"):  # ours and s3prl's stock HuBERT expert
+        up = S3PRLUpstream(name, path_or_url=str(tmp_path / "a" / "score_hubert.pt")).eval()
         with torch.no_grad():
-            hs, _ = stock(torch.randn(1, 16000), torch.tensor([16000]))
-        assert len(hs) == 13
+            outs.append(up(wav, torch.tensor([16000]))[0])
+    assert len(outs[0]) == len(outs[1]) == 13
+    torch.testing.assert_close(outs[0][-1], outs[1][-1], rtol=0, atol=1e-5)
 
 
 def test_results_table_carries_method_and_processed_speech(tmp_path):

@@ -13,7 +13,8 @@ As the authors' code does it (vectominist/spin: ``src/model/spin.py``, ``src/nn/
   other view's targets, averaged over frames and the two directions.
 
 One Sinkhorn batch is one micro-batch (SPIN: one batch per GPU); the recipe's ``data.batch_seconds``
-holds a whole update. Frames of the two views are paired by position; a view that came out one frame
+holds a whole update. Under torchrun each process balances its own frames, where SPIN's code all-reduces
+the Sinkhorn sums over GPUs (its paper trains on one GPU). Frames of the two views are paired by position; a view that came out one frame
 shorter is matched on the common frames.
 """
 
