@@ -13,8 +13,10 @@ holds one method, written from its paper and its authors' code (SPEC §1):
 
 The trainer (:mod:`score_upstream.training.train`) asks its method for the perturbation, the model
 and, per micro-batch of (student view, target view) pairs, one loss value per pair; the update is the
-mean over the update's pairs. "Processed speech" counts the audio seconds of the views that went through
-the trainable model (SCORE: the student's view; LASER and SPIN: both views).
+mean over the update's pairs. "Processed speech" is the sum, over the updates applied (an update skipped
+for a non-finite loss does not count) and over all processes, of the lengths in seconds of the views that
+went through the trainable model: SCORE the student's view of each pair (original or perturbed, 50/50),
+LASER and SPIN both views. The originals' own duration is ``audio_seconds`` of the step records.
 
 Example::
 
