@@ -27,6 +27,7 @@
 #   --asr-steps N / --pr-steps N   training updates; empty = the SUPERB configs' [ / ]
 #   --seeds "S1 S2 S3"    ASR and PR downstream seeds, one training run each (EXPDIR/{asr,pr}/seed<S>/); the
 #                         table gives mean ± sd over them; empty = the recipes' default (s3prl's seed 1337) []
+#   --jobs N              downstream seeds trained at the same time, each with its share of the cores [1; demo: 2]
 #   --qbe-layer L         best (SUPERB protocol) | last (SCORE authors) | N [best]
 #   --demo-size SIZE      score-synth size of the demo corpus [demo]
 #   --spin-base PATH      the HuBERT checkpoint SPIN models started from (SPIN stores only its own weights);
@@ -51,11 +52,12 @@ device=auto        # cuda | cpu | auto
 asr_steps=         # ASR training updates; empty = config's
 pr_steps=          # PR training updates; empty = config's
 seeds=             # ASR/PR downstream seeds ("0 1 2"); empty = the recipes' default
+jobs=              # seeds trained at the same time; empty = 1 (2 for --demo)
 qbe_layer=best     # QbE layer protocol
 demo_size=demo     # score-synth size for --demo
 setup=true         # --demo: build/refresh .venv with score_setup_env first
 spin_base=         # HuBERT checkpoint a SPIN model started from (score-convert --base)
-OPTIONS="spin_base setup demo model librispeech quesst lexicon exproot out tasks device asr_steps pr_steps seeds qbe_layer demo_size"
+OPTIONS="spin_base setup demo model librispeech quesst lexicon exproot out tasks device asr_steps pr_steps seeds jobs qbe_layer demo_size"
 LIST_OPTIONS="model"
 parse_options "$@"
 for spec in "${ARGS[@]}"; do
@@ -92,9 +94,9 @@ PY
   for task in $tasks; do
     case "$task" in
       asr) "$root/recipes/asr.sh" "${common[@]}" --librispeech "$librispeech" ${asr_steps:+--max-steps "$asr_steps"} \
-             ${seeds:+--seeds "$seeds"} ${asr_opts[@]+"${asr_opts[@]}"} ;;
+             ${seeds:+--seeds "$seeds"} ${jobs:+--jobs "$jobs"} ${asr_opts[@]+"${asr_opts[@]}"} ;;
       pr) "$root/recipes/pr.sh" "${common[@]}" --librispeech "$librispeech" ${lexicon:+--lexicon "$lexicon"} \
-            ${pr_steps:+--max-steps "$pr_steps"} ${seeds:+--seeds "$seeds"} ${pr_opts[@]+"${pr_opts[@]}"} ;;
+            ${pr_steps:+--max-steps "$pr_steps"} ${seeds:+--seeds "$seeds"} ${jobs:+--jobs "$jobs"} ${pr_opts[@]+"${pr_opts[@]}"} ;;
       qbe) "$root/recipes/qbe.sh" "${common[@]}" --quesst-root "$quesst" --layer "$qbe_layer" ;;
       *) die "unknown task '$task' in --tasks; expected asr, pr, qbe" ;;
     esac
@@ -129,6 +131,9 @@ run_demo() {
   lexicon="$data/librispeech-lexicon.txt"
   require_file "$init" "shipped pre-trained model" "make it with recipes/pretrain/run.sh (about 45 min on 2 cores)"
   [ -n "$seeds" ] || seeds="0 1 2"
+  # two seeds side by side, one core each: s3prl's runner over cached features is bound by one Python
+  # thread, so this nearly halves the downstream time on 2 cores
+  [ -n "$jobs" ] || jobs=2
   # ASR is left out by default: the demo's BLSTM needs more CPU minutes per run than the whole demo has
   # before its WER leaves 100 % (README); --tasks "asr pr qbe" adds it
   [ -n "$tasks" ] || tasks="pr qbe"
