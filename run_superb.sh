@@ -168,7 +168,11 @@ PY
   model="hubert:score_hubert:$init"$'\n'"score:score_hubert:$exproot/score/score_hubert.pt"
   log "Stage 4: SUPERB $tasks (seeds $seeds) for the starting and the SCORE model -> $exproot/{hubert,score}"
   run_models
-  log "Stage 5: invariance to speed and pitch per layer on $librispeech/test-clean -> $out/invariance.{md,csv,png}"
+  log "Stage 5: paired differences vs the starting model (seeds for PR, bootstrap over queries for QbE) -> $out/paired.{md,csv}"
+  "$(score_python)" -m score_upstream.report.paired "$exproot/hubert" "$exproot/score" --out "$out" \
+    --groundtruth "$quesst/scoring/groundtruth_quesst14_eval" --banner "DEMO numbers on synthetic speech" >/dev/null \
+    || die "paired differences failed (see above)"
+  log "Stage 6: invariance to speed and pitch per layer on $librispeech/test-clean -> $out/invariance.{md,csv,png}"
   score-invariance --model "HuBERT=$init" --model "SCORE=$exproot/score/score_hubert.pt" --split "$librispeech/test-clean" \
     --out "$out" --banner "DEMO numbers on synthetic speech" || die "score-invariance failed (see above)"
   cat <<EOF
@@ -181,8 +185,9 @@ PY
 ==========================================================================================
 EOF
   cat "$out/superb.md"
+  cat "$out/paired.md"
   cat "$out/invariance.md"
-  log "demo finished in $(( SECONDS - start )) s: $out/superb.{md,csv,png}, $out/invariance.{md,csv,png}"
+  log "demo finished in $(( SECONDS - start )) s: $out/superb.{md,csv,png}, $out/paired.{md,csv}, $out/invariance.{md,csv,png}"
 }
 
 asr_opts=()

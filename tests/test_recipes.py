@@ -468,3 +468,5 @@ def test_run_superb_demo_fills_every_cell(tmp_path):
     assert len(rows) == 2
     for row in rows:
         assert "missing" not in row and "| |" not in row
+    paired = (REPO / "results" / "demo" / "paired.md").read_text()
+    assert "| SCORE | PER % |" in paired and "| SCORE | MTWV last layer |" in paired
