@@ -208,7 +208,8 @@ recipe_paths() {
 
 # train_downstream DOWNSTREAM CONFIG SECTION OVERRIDES: score-s3prl -m train --seed $seed of
 # $upstream/$ckpt into $run_dir (seed_paths). After the recipe's own OVERRIDES come the options the ASR and PR recipes share: --max-steps
-# (total, eval and save steps; log every min(N, 100)), --num-workers and --batch-size under
+# (total, eval and save steps; log every min(N, 100)), --layer (one hidden state instead of SUPERB's
+# weighted sum of all; s3prl -l), --num-workers and --batch-size under
 # config.downstream_expert.SECTION, and last the user's -o overrides. Stops when no checkpoint was written.
 train_downstream() {
   local downstream="$1" config="$2" section="$3" o="$4"
@@ -220,7 +221,7 @@ train_downstream() {
   [ -z "$batch_size" ] || o+=",,config.downstream_expert.$section.batch_size=$batch_size"
   [ -z "$overrides" ] || o+=",,$overrides"
   run_logged "$run_dir/train.log" score-s3prl -m train -a -u "$upstream" -k "$ckpt" -d "$downstream" -c "$config" \
-    -p "$run_dir" --seed "${seed:?seed_paths must run first}" --device "$device" -o "$o"
+    -p "$run_dir" --seed "${seed:?seed_paths must run first}" --device "$device" ${layer:+-l "$layer"} -o "$o"
   ls "$run_dir"/states-*.ckpt >/dev/null 2>&1 || die "training wrote no checkpoint in $run_dir; see $run_dir/train.log"
 }
 
