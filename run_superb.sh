@@ -28,6 +28,7 @@
 #   --seeds "S1 S2 S3"    ASR and PR downstream seeds, one training run each (EXPDIR/{asr,pr}/seed<S>/); the
 #                         table gives mean ± sd over them; empty = the recipes' default (s3prl's seed 1337) []
 #   --jobs N              downstream seeds trained at the same time, each with its share of the cores [1; demo: 2]
+#   --methods "M1 M2"     with --demo: methods fine-tuned from the starting model, recipes/M/small.yaml [score]
 #   --qbe-layer L         best (SUPERB protocol) | last (SCORE authors) | N [best]
 #   --demo-size SIZE      score-synth size of the demo corpus [demo]
 #   --spin-base PATH      the HuBERT checkpoint SPIN models started from (SPIN stores only its own weights);
@@ -53,11 +54,12 @@ asr_steps=         # ASR training updates; empty = config's
 pr_steps=          # PR training updates; empty = config's
 seeds=             # ASR/PR downstream seeds ("0 1 2"); empty = the recipes' default
 jobs=              # seeds trained at the same time; empty = 1 (2 for --demo)
+methods="score"    # --demo: fine-tuning methods trained from the starting model (recipes/METHOD/small.yaml)
 qbe_layer=best     # QbE layer protocol
 demo_size=demo     # score-synth size for --demo
 setup=true         # --demo: build/refresh .venv with score_setup_env first
 spin_base=         # HuBERT checkpoint a SPIN model started from (score-convert --base)
-OPTIONS="spin_base setup demo model librispeech quesst lexicon exproot out tasks device asr_steps pr_steps seeds jobs qbe_layer demo_size"
+OPTIONS="spin_base setup demo model librispeech quesst lexicon exproot out tasks device asr_steps pr_steps seeds jobs methods qbe_layer demo_size"
 LIST_OPTIONS="model"
 parse_options "$@"
 for spec in "${ARGS[@]}"; do
@@ -84,7 +86,7 @@ evaluate_model() {
 import json, sys
 from score_upstream.atomic import atomic_write_bytes
 path, name, given, upstream, ckpt, source = sys.argv[1:]
-display = {"hubert": "HuBERT", "score": "SCORE", "spin": "SPIN"}
+display = {"hubert": "HuBERT", "score": "SCORE", "spin": "SPIN", "laser": "LASER"}
 kind = name.lower() if name.lower() in display else (
     "spin" if given == "spin" else "score" if given.startswith("score") else "hubert" if given.startswith("hubert") else "other")
 info = {"name": display.get(name.lower(), name), "upstream": upstream, "ckpt": ckpt, "kind": kind, "source_ckpt": source}
@@ -161,19 +163,27 @@ p = provenance(sys.argv[1])["pretrain"]
 print(f"  {p['steps']} HuBERT updates on {p['train_hours']:.2f} h of synthetic speech, {p['labels']['features']} "
       f"units (K={p['labels']['clusters']}); held-out masked accuracy {p['valid'].get('acc_m', float('nan')):.3f}")
 PY
-  log "Stage 3: SCORE fine-tuning: recipes/score/small.yaml + $data -> $exproot/score/score_hubert.pt"
-  [ -f "$exproot/score/score_hubert.pt" ] || score-train recipes/score/small.yaml --data "$data" --out "$exproot/score" \
-    "model.init=$init" device=cpu || die "score-train failed (see above)"
-  # both through score_hubert (same hidden states as hubert_local for the same checkpoint; it has the cache)
-  model="hubert:score_hubert:$init"$'\n'"score:score_hubert:$exproot/score/score_hubert.pt"
-  log "Stage 4: SUPERB $tasks (seeds $seeds) for the starting and the SCORE model -> $exproot/{hubert,score}"
+  local m names=() invariance=(--model "HuBERT=$init") trained=()
+  model="hubert:score_hubert:$init"
+  for m in $methods; do
+    require_file "recipes/$m/small.yaml" "small-model recipe of method '$m' (--methods)" "expected one of: score laser spin"
+    log "Stage 3: ${m^^} fine-tuning of the starting model: recipes/$m/small.yaml + $data -> $exproot/$m/score_hubert.pt"
+    [ -f "$exproot/$m/score_hubert.pt" ] || score-train "recipes/$m/small.yaml" --data "$data" --out "$exproot/$m" \
+      "model.init=$init" device=cpu || die "score-train failed for method '$m' (see above)"
+    # every model through score_hubert (same hidden states as hubert_local for the same checkpoint; it has the cache)
+    model+=$'\n'"$m:score_hubert:$exproot/$m/score_hubert.pt"
+    invariance+=(--model "${m^^}=$exproot/$m/score_hubert.pt")
+    trained+=("$exproot/$m")
+    names+=("$m")
+  done
+  log "Stage 4: SUPERB $tasks (seeds $seeds) for the starting model and ${names[*]} -> $exproot/{hubert,${names[*]}}"
   run_models
   log "Stage 5: paired differences vs the starting model (seeds for PR, bootstrap over queries for QbE) -> $out/paired.{md,csv}"
-  "$(score_python)" -m score_upstream.report.paired "$exproot/hubert" "$exproot/score" --out "$out" \
+  "$(score_python)" -m score_upstream.report.paired "$exproot/hubert" "${trained[@]}" --out "$out" \
     --groundtruth "$quesst/scoring/groundtruth_quesst14_eval" --banner "DEMO numbers on synthetic speech" >/dev/null \
     || die "paired differences failed (see above)"
   log "Stage 6: invariance to speed and pitch per layer on $librispeech/test-clean -> $out/invariance.{md,csv,png}"
-  score-invariance --model "HuBERT=$init" --model "SCORE=$exproot/score/score_hubert.pt" --split "$librispeech/test-clean" \
+  score-invariance "${invariance[@]}" --split "$librispeech/test-clean" \
     --out "$out" --banner "DEMO numbers on synthetic speech" || die "score-invariance failed (see above)"
   cat <<EOF
 
