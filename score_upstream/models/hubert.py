@@ -68,10 +68,15 @@ class HubertBundle:
     symbols: list = field(default_factory=lambda: [None])
     extra: dict = field(default_factory=dict)
     source_format: str = "new"
+    family = "hubert"
 
     @property
     def num_layers(self) -> int:
         return len(self.model.encoder.layers)
+
+    def rebuild(self) -> torch.nn.Module:
+        """A fresh network of the same architecture (random weights), e.g. for a frozen copy."""
+        return build_model(self.model_cfg, self.task_cfg, self.symbols)
 
     @property
     def normalize(self) -> bool:
