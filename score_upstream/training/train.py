@@ -1,10 +1,12 @@
-"""SCORE fine-tuning: soft-DTW correspondence between a HuBERT student and its frozen initial copy.
+"""SCORE fine-tuning: soft-DTW correspondence between a HuBERT (or WavLM) student and its frozen initial copy.
 
 Run::
 
     score-train recipes/score/hubert_base.yaml --data /data/LibriSpeech --out exp/score \\
         model.init=/models/hubert_base_ls960.pt
     score-train recipes/score/tiny.yaml --data synth_root --out exp/tiny        # CPU, under a minute
+    score-train recipes/score/wavlm_base_plus.yaml --data /data/LibriSpeech --out exp/score_wavlm \
+        model.init=/models/WavLM-Base+.pt                                        # -> score_wavlm.pt
     torchrun --nproc_per_node 8 -m score_upstream.training.train CONFIG.yaml --data ... --out ...   # same flags
     score-train CONFIG.yaml --data ... --out exp/score resume=auto                           # continue
 
@@ -15,7 +17,7 @@ micro-batching gives the same update as batch 1 x accumulation. Updates run acro
 as s3prl's runner counts backward steps (no utterance dropped). A file that cannot be loaded,
 perturbed or encoded is reported once and skipped; more than ``data.max_failed_fraction`` of them stops
 the run. Resuming refuses a changed recipe key unless ``--allow-config-change`` is given.
-Outputs in ``--out``: ``score_hubert.pt`` (s3prl converted HuBERT format), resumable
+Outputs in ``--out``: ``score_hubert.pt`` (s3prl converted HuBERT format; ``score_wavlm.pt`` for WavLM), resumable
 ``state-NNNNNN.pt`` checkpoints, ``train_log.csv``, ``config.yaml`` (the latest start) and
 ``config-<time>-<n>.yaml`` (every start), TensorBoard events.
 """
@@ -39,7 +41,7 @@ import yaml
 
 from score_upstream.audio import AudioError
 from score_upstream.atomic import FORMAT_VERSION_KEY, atomic_save, atomic_write_bytes, prune_checkpoints
-from score_upstream.training.config import ConfigError, TrainConfig, config_to_dict, load_config
+from score_upstream.training.config import ConfigError, TrainConfig, config_from_dict, config_to_dict, load_config
 from score_upstream.training.data import (DataError, MicroBatch, Originals, PairDataset, UpdateBatch, UpdateCollate,
                                           UpdateSampler, cut_micro_batches, find_librispeech, load_manifest, mix_seed,
                                           min_utterance_samples)
@@ -71,16 +73,24 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def build_bundle(cfg: TrainConfig):
-    """The initial HuBERT: loaded from ``model.init`` (any format) or a fresh tiny one."""
-    from score_upstream.models import hubert
+    """The initial model of ``model.family``: loaded from ``model.init`` (any format) or a fresh tiny one."""
+    from score_upstream.models import hubert, wavlm
+    from score_upstream.models.loader import load_model
 
     if cfg.model.tiny:
+        if cfg.model.family == "wavlm":
+            return wavlm.new_wavlm(wavlm.tiny_cfg(**cfg.model.tiny_overrides), seed=cfg.seed)
         return hubert.new_hubert(hubert.tiny_model_cfg(**cfg.model.tiny_overrides), seed=cfg.seed)
     path = Path(cfg.model.init)
     if not path.exists():
-        raise ConfigError(f"config key 'model.init': {path} not found; give a fairseq .pt, an s3prl converted .pt "
-                          "or a transformers directory")
-    return hubert.load_hubert(path)
+        raise ConfigError(f"config key 'model.init': {path} not found; give a fairseq .pt, an s3prl converted .pt, "
+                          "a WavLM .pt or a transformers directory")
+    bundle = load_model(path)
+    if bundle.family != cfg.model.family:
+        raise ConfigError(f"config key 'model.init': {path} holds a {bundle.family}, the recipe is for "
+                          f"model.family={cfg.model.family}; use a {bundle.family} recipe (e.g. recipes/score/"
+                          f"{'wavlm_base_plus' if bundle.family == 'wavlm' else 'hubert_base'}.yaml)")
+    return bundle
 
 
 def build_perturbation(cfg: TrainConfig):
@@ -276,7 +286,11 @@ class Trainer:
                              f"{state.get('kind')!r} version {state.get(FORMAT_VERSION_KEY)!r} (version 1 states come "
                              "from before updates crossed epoch boundaries); finish that run with the code that "
                              "wrote it, or start over in a new --out directory")
-        check_resume_config(path, state["config"], config_to_dict(self.cfg), RUN_KEYS, allow_config_change, TrainError)
+        try:  # keys added since the state was written (e.g. model.family) count at their defaults
+            old_cfg = config_to_dict(config_from_dict(state["config"]))
+        except ConfigError:
+            old_cfg = state["config"]
+        check_resume_config(path, old_cfg, config_to_dict(self.cfg), RUN_KEYS, allow_config_change, TrainError)
         missing = set(self.params) ^ set(state["trainable"])
         if missing:
             raise TrainError(f"{path}: trainable parameters differ from this config ({sorted(missing)[:3]} ...); "
@@ -502,16 +516,17 @@ class Trainer:
 
     def save_final(self) -> Path:
         from score_upstream import __version__
-        from score_upstream.models.hubert import save_hf, save_s3prl
+        from score_upstream.models.loader import save_hf, save_s3prl
 
         extra = {"score": {"method": "SCORE soft-DTW correspondence fine-tuning", "version": __version__,
                            "steps": self.step, "init": self.cfg.model.init or "tiny (random)",
                            "trainable": list(self.model.trainable_names),
                            "unreadable_files": len(self.failed_files), "config": config_to_dict(self.cfg)}}
-        path = save_s3prl(self.bundle, self.out / "score_hubert.pt", extra=extra)
+        name = f"score_{self.bundle.family}"  # score_hubert.pt / score_wavlm.pt, as the s3prl upstream is named
+        path = save_s3prl(self.bundle, self.out / f"{name}.pt", extra=extra)
         logger.info("wrote %s", path)
         if self.cfg.save_hf:
-            logger.info("wrote %s", save_hf(self.bundle, self.out / "score_hubert_hf"))
+            logger.info("wrote %s", save_hf(self.bundle, self.out / f"{name}_hf"))
         return path
 
 
@@ -528,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", help="YAML recipe, e.g. recipes/score/hubert_base.yaml")
     ap.add_argument("--data", required=True, help="directory holding LibriSpeech/<subset>/ (or the subsets)")
-    ap.add_argument("--out", required=True, help="output directory (checkpoints, logs, score_hubert.pt)")
+    ap.add_argument("--out", required=True, help="output directory (checkpoints, logs, score_hubert.pt / score_wavlm.pt)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 model.init=PATH")
     ap.add_argument("--allow-config-change", action="store_true",
                     help="resume even though a recipe key differs from the checkpoint's (the change is logged)")
