@@ -373,3 +373,31 @@ def test_state_written_before_model_family_resumes(tiny_corpus, tmp_path):
     atomic_save(state, path)
     res = T.train(hubert_recipe, tiny_corpus, tmp_path, [*args, "resume=true"])
     assert res["step"] == 2 and (tmp_path / "score_hubert.pt").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- results
+def test_results_grouped_by_family_against_the_matching_vanilla_model(tmp_path):
+    from test_results import make_expdir
+
+    from score_upstream.report import results
+
+    dirs = [make_expdir(tmp_path, "WavLM", "wavlm", wer=30.0, per=0.40, mtwv=0.30),
+            make_expdir(tmp_path, "SCORE-WavLM", "score", wer=27.0, per=0.36, mtwv=0.33),
+            make_expdir(tmp_path, "HuBERT", "hubert", wer=40.0, per=0.50, mtwv=0.20),
+            make_expdir(tmp_path, "SCORE", "score", wer=38.0, per=0.45, mtwv=0.25)]
+    meta = json.loads((dirs[1] / "model.json").read_text())
+    (dirs[1] / "model.json").write_text(json.dumps({**meta, "family": "wavlm"}))
+    table = results.build_table([results.read_experiment(d) for d in dirs])
+    assert [(r["model"], r["family"]) for r in table] == [
+        ("HuBERT", "hubert"), ("SCORE", "hubert"), ("WavLM", "wavlm"), ("SCORE-WavLM", "wavlm")]
+    rows = {r["model"]: r for r in table}
+    assert rows["SCORE-WavLM"]["rel_asr_vs_wavlm"] == pytest.approx(10.0)  # (30 - 27) / 30
+    assert rows["SCORE-WavLM"]["rel_qbe_vs_wavlm"] == pytest.approx(10.0)
+    assert rows["SCORE-WavLM"]["rel_asr_vs_hubert"] == results.OTHER_FAMILY
+    assert rows["SCORE"]["rel_asr_vs_hubert"] == pytest.approx(5.0) and rows["SCORE"]["rel_asr_vs_wavlm"] == results.OTHER_FAMILY
+    assert rows["WavLM"]["rel_asr_vs_hubert"] == pytest.approx(25.0)  # the two vanilla models side by side
+    out = tmp_path / "out"
+    assert results.main([str(d) for d in dirs] + ["--out", str(out), "--no-reported"]) == 0
+    md = (out / "superb.md").read_text()
+    assert "| Model | Kind | Family |" in md and "ASR vs WavLM" in md
+    assert "| SCORE-WavLM | score | wavlm | 27.00 | 36.00 | 0.3300 | 12 |" in md
