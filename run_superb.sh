@@ -7,12 +7,14 @@
 #       --lexicon /data/librispeech-lexicon.txt \
 #       --model hubert:hubert_local:exp/hubert_base.pt \
 #       --model score:score_hubert:exp/score_hubert_base/score_hubert.pt \
-#       --model spin:spin:/models/spin_hubert_2048.ckpt
+#       --model spin:spin:/models/spin_hubert_2048.ckpt \
+#       --model wavlm:auto:/models/WavLM-Base+.pt --model score_wavlm:auto:exp/score_wavlm/score_wavlm.pt
 #
 # Each --model is NAME:UPSTREAM:CKPT (repeatable; a bare UPSTREAM:CKPT argument works too and is named
 # after the upstream). UPSTREAM `spin` converts a SPIN Lightning checkpoint with score-convert and runs
-# it as hubert_local. Every model gets EXPROOT/NAME/ with model.json, asr/, pr/, qbe/; score-results
-# turns them into OUT/superb.{md,csv,png}.
+# it as hubert_local; UPSTREAM `auto` picks score_hubert or score_wavlm from the checkpoint's content.
+# Every model gets EXPROOT/NAME/ with model.json, asr/, pr/, qbe/; score-results turns them into
+# OUT/superb.{md,csv,png}, rows grouped by model family (HuBERT, WavLM).
 #
 # Options (default in brackets):
 #   --demo BOOL           run the self-contained demo (ignores data/model options) [false]
@@ -81,15 +83,26 @@ evaluate_model() {
     fi
     upstream=hubert_local; ckpt="$expdir/spin_s3prl.pt"
   fi
+  # family (hubert | wavlm) and SCORE or not, from the checkpoint's content; needed for UPSTREAM auto only
+  local info detected= family= trained= rc=0
+  info="$("$(score_python)" -m score_upstream.models.loader "$ckpt" 2>&1)" || rc=$?
+  [ "$rc" != 0 ] || read -r detected family trained <<< "$info"
+  if [ "$upstream" = auto ]; then
+    [ "$rc" = 0 ] || die "model '$name': UPSTREAM auto: $info"
+    upstream="$detected"
+  fi
   # model.json as score-results reads it; kind from the name, else from the upstream
-  "$(score_python)" - "$expdir/model.json" "$name" "$2" "$upstream" "$(abspath "$ckpt")" "$(abspath "$3")" <<'PY'
+  "$(score_python)" - "$expdir/model.json" "$name" "$2" "$upstream" "$(abspath "$ckpt")" "$(abspath "$3")" \
+    "$family" "$trained" <<'PY'
 import json, sys
 from score_upstream.atomic import atomic_write_bytes
-path, name, given, upstream, ckpt, source = sys.argv[1:]
-display = {"hubert": "HuBERT", "score": "SCORE", "spin": "SPIN", "laser": "LASER"}
-kind = name.lower() if name.lower() in display else (
-    "spin" if given == "spin" else "score" if given.startswith("score") else "hubert" if given.startswith("hubert") else "other")
+path, name, given, upstream, ckpt, source, family, trained = sys.argv[1:]
+display = {"hubert": "HuBERT", "wavlm": "WavLM", "score": "SCORE", "spin": "SPIN", "laser": "LASER"}
+kind = name.lower() if name.lower() in display else ("score" if trained == "score" else family) if given == "auto" else (
+    "spin" if given == "spin" else "score" if given.startswith("score") else "hubert" if given.startswith("hubert")
+    else "wavlm" if given.startswith("wavlm") else "other")
 info = {"name": display.get(name.lower(), name), "upstream": upstream, "ckpt": ckpt, "kind": kind, "source_ckpt": source}
+info.update({"family": family} if family else {})
 atomic_write_bytes((json.dumps(info, indent=2) + "\n").encode(), path)
 PY
   local common=(--upstream "$upstream" --ckpt "$ckpt" --expdir "$expdir" --device "$device")

@@ -401,3 +401,38 @@ def test_results_grouped_by_family_against_the_matching_vanilla_model(tmp_path):
     md = (out / "superb.md").read_text()
     assert "| Model | Kind | Family |" in md and "ASR vs WavLM" in md
     assert "| SCORE-WavLM | score | wavlm | 27.00 | 36.00 | 0.3300 | 12 |" in md
+
+
+def test_loader_names_upstream_family_and_score(trained, tiny_hubert_ckpt, tmp_path, capsys):
+    """What run_superb.sh asks for UPSTREAM auto: ``python -m score_upstream.models.loader CKPT``."""
+    from score_upstream.models.loader import main
+
+    out, _, _ = trained
+    vanilla = save_s3prl(new_wavlm(tiny_cfg(), seed=0), tmp_path / "wavlm.pt")
+    for ckpt, line in ((vanilla, "score_wavlm wavlm vanilla"), (out / "score_wavlm.pt", "score_wavlm wavlm score"),
+                       (tiny_hubert_ckpt, "score_hubert hubert vanilla")):
+        assert main([str(ckpt)]) == 0 and capsys.readouterr().out.strip() == line
+    assert main([str(tmp_path / "none.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not found" in err[0]
+
+
+@pytest.mark.slow
+def test_run_superb_auto_upstream_from_the_checkpoint(trained, tiny_hubert_ckpt, tmp_path):
+    """run_superb.sh --model NAME:auto:CKPT: score_wavlm / score_hubert and the row's kind and family come from
+    the checkpoint (an unknown task stops the run right after model.json is written)."""
+    from test_recipes import REPO, _assert_one_error, _run
+
+    pt = save_s3prl(new_wavlm(tiny_cfg(), seed=0), tmp_path / "wavlm.pt")
+    out, _, _ = trained
+    expected = {"w": (pt, "score_wavlm", "wavlm", "wavlm"), "s": (out / "score_wavlm.pt", "score_wavlm", "score", "wavlm"),
+                "h": (tiny_hubert_ckpt, "score_hubert", "hubert", "hubert")}
+    for name, (ckpt, upstream, kind, family) in expected.items():
+        proc = _run([REPO / "run_superb.sh", "--model", f"{name}:auto:{ckpt}", "--tasks", "none", "--exproot", tmp_path])
+        _assert_one_error(proc, "unknown task 'none'")
+        info = json.loads((tmp_path / name / "model.json").read_text())
+        assert (info["upstream"], info["kind"], info["family"]) == (upstream, kind, family), name
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\0" * 64)
+    _assert_one_error(_run([REPO / "run_superb.sh", "--model", f"j:auto:{junk}", "--exproot", tmp_path]),
+                      "UPSTREAM auto", "not a HuBERT checkpoint")

@@ -62,3 +62,33 @@ def describe(bundle) -> dict:
     summary = _module(bundle).describe(bundle)
     summary.setdefault("family", bundle.family)
     return summary
+
+
+def upstream_for(path: str | os.PathLike) -> str:
+    """The s3prl upstream of this project that reads ``path``: ``score_wavlm`` or ``score_hubert`` (by content)."""
+    from score_upstream.models.formats import detect_format
+
+    return "score_wavlm" if detect_format(path) in ("wavlm", "wavlm_hf") else "score_hubert"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m score_upstream.models.loader CKPT``: print ``UPSTREAM FAMILY score|vanilla`` for a checkpoint
+    (run_superb.sh): our upstream that reads it, its family, and whether it carries SCORE's training record."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m score_upstream.models.loader CKPT", file=sys.stderr)
+        return 2
+    try:
+        upstream = upstream_for(args[0])
+        trained = "score" if "score" in read_checkpoint(args[0]).extra else "vanilla"
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(upstream, upstream.split("_", 1)[1], trained)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
