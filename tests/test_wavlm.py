@@ -220,6 +220,14 @@ def test_training_encoder_matches_transformers_on_padded_batch(ckpts, wavs):
     assert frames.tolist() == [49, 34, 22]
     for i, n in enumerate(frames.tolist()):
         assert (x[i, :n] - y[i, :n]).abs().max() < ATOL, i
+    # padded vs alone: the bias of layer 0, computed for the padded length and passed on, and the padding
+    # mask leave every valid frame as it is without padding (the CNN run per utterance, as in training)
+    model.cfg.cnn_per_utterance = True
+    with torch.no_grad():
+        x, _ = model.encode(model.student, padded, lengths)
+        for i, (w, n) in enumerate(zip(wavs, frames.tolist())):
+            alone, _ = model.encode(model.student, w[None], lengths[i : i + 1])
+            assert (x[i, :n] - alone[0]).abs().max() < ATOL, i
 
 
 def test_wrong_family_is_one_line(registered, ckpts, tiny_hubert_ckpt):
@@ -243,6 +251,23 @@ def test_heads():
     assert [type(m).__name__ for m in two] == ["Linear", "ReLU", "Linear"]
     assert two[0].weight.shape == (16, 48) and two[2].weight.shape == (32, 16)
     assert torch.equal(one.weight, build_head(48, 32, 0, seed=3).weight)  # seeded: same head every time
+
+
+def test_trainable_set_is_the_authors_positional_freeze():
+    """runner_part_freeze_layers.py freezes parameters 2-206 (WavLM) / 3-176 (HuBERT) of s3prl's model by
+    position; positions depend on the layer structure, not the widths, so the tiny models show them. What
+    else they leave trainable (mask_emb, label_embs_concat, final_proj) never enters SCORE's forward."""
+    from score_upstream.models.hubert import new_hubert, tiny_model_cfg
+    from score_upstream.training.config import load_config
+    from score_upstream.training.model import select_trainable
+
+    prefixes = load_config(RECIPE.parent / "wavlm_base_plus.yaml", ["model.init=x.pt"]).model.trainable
+    for model, keep, unused in ((new_wavlm(tiny_cfg()).model, lambda i: not 1 < i < 207, ("mask_emb",)),
+                                (new_hubert(tiny_model_cfg()).model, lambda i: not 2 < i < 177,
+                                 ("mask_emb", "label_embs_concat", "final_proj."))):
+        names = [n for n, _ in model.named_parameters()]
+        authors = {n for i, n in enumerate(names, 1) if keep(i) and not n.startswith(unused)}
+        assert authors == set(select_trainable(model, prefixes))
 
 
 def test_recipe_rows():
