@@ -134,6 +134,10 @@ def test_bad_files_give_one_line_errors(tmp_path, tiny_hubert_ckpt, capsys):
         assert "\n" not in str(e.value) and str(path) in str(e.value)
     with pytest.raises(CheckpointError, match="a hubert checkpoint .* expected a wavlm"):
         load_model(tiny_hubert_ckpt, family="wavlm")
+    from score_upstream.models.hubert import load_hubert
+
+    with pytest.raises(CheckpointError, match="a wavlm checkpoint .* expected a HuBERT"):
+        load_hubert(tmp_path / "no_gate.pt")
     with pytest.raises(CheckpointError, match="gated relative position bias"):
         save_hf(load_wavlm(tmp_path / "no_gate.pt"), tmp_path / "no_gate_hf")
     assert convert_main([str(tmp_path / "wrong_shape.pt"), str(tmp_path / "x.pt"), "--to", "s3prl"]) == 2

@@ -250,7 +250,11 @@ def load_hubert(path: str | os.PathLike) -> HubertBundle:
     Raises:
         CheckpointError: one line naming the file, what was expected and what was found.
     """
-    return bundle_from_raw(read_checkpoint(path))
+    raw = read_checkpoint(path)
+    if getattr(raw, "family", "hubert") != "hubert":
+        raise CheckpointError(f"{path}: a {raw.family} checkpoint ({raw.source_format} format); expected a HuBERT "
+                              "(score_upstream.models.loader.load_model reads both)")
+    return bundle_from_raw(raw)
 
 
 def to_raw(bundle: HubertBundle) -> RawHubert:
