@@ -7,12 +7,14 @@
 #       --lexicon /data/librispeech-lexicon.txt \
 #       --model hubert:hubert_local:exp/hubert_base.pt \
 #       --model score:score_hubert:exp/score_hubert_base/score_hubert.pt \
-#       --model spin:spin:/models/spin_hubert_2048.ckpt
+#       --model spin:spin:/models/spin_hubert_2048.ckpt \
+#       --model wavlm:auto:/models/WavLM-Base+.pt --model score_wavlm:auto:exp/score_wavlm/score_wavlm.pt
 #
 # Each --model is NAME:UPSTREAM:CKPT (repeatable; a bare UPSTREAM:CKPT argument works too and is named
 # after the upstream). UPSTREAM `spin` converts a SPIN Lightning checkpoint with score-convert and runs
-# it as hubert_local. Every model gets EXPROOT/NAME/ with model.json, asr/, pr/, qbe/; score-results
-# turns them into OUT/superb.{md,csv,png}.
+# it as hubert_local; UPSTREAM `auto` picks score_hubert or score_wavlm from the checkpoint's content.
+# Every model gets EXPROOT/NAME/ with model.json, asr/, pr/, qbe/; score-results turns them into
+# OUT/superb.{md,csv,png}, rows grouped by model family (HuBERT, WavLM).
 #
 # Options (default in brackets):
 #   --demo BOOL           run the self-contained demo (ignores data/model options) [false]
@@ -27,6 +29,8 @@
 #   --asr-steps N / --pr-steps N   training updates; empty = the SUPERB configs' [ / ]
 #   --seeds "S1 S2 S3"    ASR and PR downstream seeds, one training run each (EXPDIR/{asr,pr}/seed<S>/); the
 #                         table gives mean ± sd over them; empty = the recipes' default (s3prl's seed 1337) []
+#   --jobs N              downstream seeds trained at the same time, each with its share of the cores [1; demo: 2]
+#   --methods "M1 M2"     with --demo: methods fine-tuned from the starting model, recipes/M/small.yaml [score]
 #   --qbe-layer L         best (SUPERB protocol) | last (SCORE authors) | N [best]
 #   --demo-size SIZE      score-synth size of the demo corpus [demo]
 #   --spin-base PATH      the HuBERT checkpoint SPIN models started from (SPIN stores only its own weights);
@@ -51,11 +55,13 @@ device=auto        # cuda | cpu | auto
 asr_steps=         # ASR training updates; empty = config's
 pr_steps=          # PR training updates; empty = config's
 seeds=             # ASR/PR downstream seeds ("0 1 2"); empty = the recipes' default
+jobs=              # seeds trained at the same time; empty = 1 (2 for --demo)
+methods="score"    # --demo: fine-tuning methods trained from the starting model (recipes/METHOD/small.yaml)
 qbe_layer=best     # QbE layer protocol
 demo_size=demo     # score-synth size for --demo
 setup=true         # --demo: build/refresh .venv with score_setup_env first
 spin_base=         # HuBERT checkpoint a SPIN model started from (score-convert --base)
-OPTIONS="spin_base setup demo model librispeech quesst lexicon exproot out tasks device asr_steps pr_steps seeds qbe_layer demo_size"
+OPTIONS="spin_base setup demo model librispeech quesst lexicon exproot out tasks device asr_steps pr_steps seeds jobs methods qbe_layer demo_size"
 LIST_OPTIONS="model"
 parse_options "$@"
 for spec in "${ARGS[@]}"; do
@@ -77,24 +83,35 @@ evaluate_model() {
     fi
     upstream=hubert_local; ckpt="$expdir/spin_s3prl.pt"
   fi
+  # family (hubert | wavlm) and SCORE or not, from the checkpoint's content; needed for UPSTREAM auto only
+  local info detected= family= trained= rc=0
+  info="$("$(score_python)" -m score_upstream.models.loader "$ckpt" 2>&1)" || rc=$?
+  [ "$rc" != 0 ] || read -r detected family trained <<< "$info"
+  if [ "$upstream" = auto ]; then
+    [ "$rc" = 0 ] || die "model '$name': UPSTREAM auto: $info"
+    upstream="$detected"
+  fi
   # model.json as score-results reads it; kind from the name, else from the upstream
-  "$(score_python)" - "$expdir/model.json" "$name" "$2" "$upstream" "$(abspath "$ckpt")" "$(abspath "$3")" <<'PY'
+  "$(score_python)" - "$expdir/model.json" "$name" "$2" "$upstream" "$(abspath "$ckpt")" "$(abspath "$3")" \
+    "$family" "$trained" <<'PY'
 import json, sys
 from score_upstream.atomic import atomic_write_bytes
-path, name, given, upstream, ckpt, source = sys.argv[1:]
-display = {"hubert": "HuBERT", "score": "SCORE", "spin": "SPIN"}
-kind = name.lower() if name.lower() in display else (
-    "spin" if given == "spin" else "score" if given.startswith("score") else "hubert" if given.startswith("hubert") else "other")
+path, name, given, upstream, ckpt, source, family, trained = sys.argv[1:]
+display = {"hubert": "HuBERT", "wavlm": "WavLM", "score": "SCORE", "spin": "SPIN", "laser": "LASER"}
+kind = name.lower() if name.lower() in display else ("score" if trained == "score" else family) if given == "auto" else (
+    "spin" if given == "spin" else "score" if given.startswith("score") else "hubert" if given.startswith("hubert")
+    else "wavlm" if given.startswith("wavlm") else "other")
 info = {"name": display.get(name.lower(), name), "upstream": upstream, "ckpt": ckpt, "kind": kind, "source_ckpt": source}
+info.update({"family": family} if family else {})
 atomic_write_bytes((json.dumps(info, indent=2) + "\n").encode(), path)
 PY
   local common=(--upstream "$upstream" --ckpt "$ckpt" --expdir "$expdir" --device "$device")
   for task in $tasks; do
     case "$task" in
       asr) "$root/recipes/asr.sh" "${common[@]}" --librispeech "$librispeech" ${asr_steps:+--max-steps "$asr_steps"} \
-             ${seeds:+--seeds "$seeds"} ${asr_opts[@]+"${asr_opts[@]}"} ;;
+             ${seeds:+--seeds "$seeds"} ${jobs:+--jobs "$jobs"} ${asr_opts[@]+"${asr_opts[@]}"} ;;
       pr) "$root/recipes/pr.sh" "${common[@]}" --librispeech "$librispeech" ${lexicon:+--lexicon "$lexicon"} \
-            ${pr_steps:+--max-steps "$pr_steps"} ${seeds:+--seeds "$seeds"} ${pr_opts[@]+"${pr_opts[@]}"} ;;
+            ${pr_steps:+--max-steps "$pr_steps"} ${seeds:+--seeds "$seeds"} ${jobs:+--jobs "$jobs"} ${pr_opts[@]+"${pr_opts[@]}"} ;;
       qbe) "$root/recipes/qbe.sh" "${common[@]}" --quesst-root "$quesst" --layer "$qbe_layer" ;;
       *) die "unknown task '$task' in --tasks; expected asr, pr, qbe" ;;
     esac
@@ -129,6 +146,9 @@ run_demo() {
   lexicon="$data/librispeech-lexicon.txt"
   require_file "$init" "shipped pre-trained model" "make it with recipes/pretrain/run.sh (about 45 min on 2 cores)"
   [ -n "$seeds" ] || seeds="0 1 2"
+  # two seeds side by side, one core each: s3prl's runner over cached features is bound by one Python
+  # thread, so this nearly halves the downstream time on 2 cores
+  [ -n "$jobs" ] || jobs=2
   # ASR is left out by default: the demo's BLSTM needs more CPU minutes per run than the whole demo has
   # before its WER leaves 100 % (README); --tasks "asr pr qbe" adds it
   [ -n "$tasks" ] || tasks="pr qbe"
@@ -156,15 +176,27 @@ p = provenance(sys.argv[1])["pretrain"]
 print(f"  {p['steps']} HuBERT updates on {p['train_hours']:.2f} h of synthetic speech, {p['labels']['features']} "
       f"units (K={p['labels']['clusters']}); held-out masked accuracy {p['valid'].get('acc_m', float('nan')):.3f}")
 PY
-  log "Stage 3: SCORE fine-tuning: recipes/score/small.yaml + $data -> $exproot/score/score_hubert.pt"
-  [ -f "$exproot/score/score_hubert.pt" ] || score-train recipes/score/small.yaml --data "$data" --out "$exproot/score" \
-    "model.init=$init" device=cpu || die "score-train failed (see above)"
-  # both through score_hubert (same hidden states as hubert_local for the same checkpoint; it has the cache)
-  model="hubert:score_hubert:$init"$'\n'"score:score_hubert:$exproot/score/score_hubert.pt"
-  log "Stage 4: SUPERB $tasks (seeds $seeds) for the starting and the SCORE model -> $exproot/{hubert,score}"
+  local m names=() invariance=(--model "HuBERT=$init") trained=()
+  model="hubert:score_hubert:$init"
+  for m in $methods; do
+    require_file "recipes/$m/small.yaml" "small-model recipe of method '$m' (--methods)" "expected one of: score laser spin"
+    log "Stage 3: ${m^^} fine-tuning of the starting model: recipes/$m/small.yaml + $data -> $exproot/$m/score_hubert.pt"
+    [ -f "$exproot/$m/score_hubert.pt" ] || score-train "recipes/$m/small.yaml" --data "$data" --out "$exproot/$m" \
+      "model.init=$init" device=cpu || die "score-train failed for method '$m' (see above)"
+    # every model through score_hubert (same hidden states as hubert_local for the same checkpoint; it has the cache)
+    model+=$'\n'"$m:score_hubert:$exproot/$m/score_hubert.pt"
+    invariance+=(--model "${m^^}=$exproot/$m/score_hubert.pt")
+    trained+=("$exproot/$m")
+    names+=("$m")
+  done
+  log "Stage 4: SUPERB $tasks (seeds $seeds) for the starting model and ${names[*]} -> $exproot/{hubert,${names[*]}}"
   run_models
-  log "Stage 5: invariance to speed and pitch per layer on $librispeech/test-clean -> $out/invariance.{md,csv,png}"
-  score-invariance --model "HuBERT=$init" --model "SCORE=$exproot/score/score_hubert.pt" --split "$librispeech/test-clean" \
+  log "Stage 5: paired differences vs the starting model (seeds for PR, bootstrap over queries for QbE) -> $out/paired.{md,csv}"
+  "$(score_python)" -m score_upstream.report.paired "$exproot/hubert" "${trained[@]}" --out "$out" \
+    --groundtruth "$quesst/scoring/groundtruth_quesst14_eval" --banner "DEMO numbers on synthetic speech" >/dev/null \
+    || die "paired differences failed (see above)"
+  log "Stage 6: invariance to speed and pitch per layer on $librispeech/test-clean -> $out/invariance.{md,csv,png}"
+  score-invariance "${invariance[@]}" --split "$librispeech/test-clean" \
     --out "$out" --banner "DEMO numbers on synthetic speech" || die "score-invariance failed (see above)"
   cat <<EOF
 
@@ -176,8 +208,9 @@ PY
 ==========================================================================================
 EOF
   cat "$out/superb.md"
+  cat "$out/paired.md"
   cat "$out/invariance.md"
-  log "demo finished in $(( SECONDS - start )) s: $out/superb.{md,csv,png}, $out/invariance.{md,csv,png}"
+  log "demo finished in $(( SECONDS - start )) s: $out/superb.{md,csv,png}, $out/paired.{md,csv}, $out/invariance.{md,csv,png}"
 }
 
 asr_opts=()

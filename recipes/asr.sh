@@ -20,6 +20,8 @@
 #   --config PATH         downstream config [packaged score_upstream/superb/asr/config.yaml]
 #   --device DEV          cuda, cpu or auto [auto]
 #   --seeds "S1 S2"       downstream seeds (s3prl --seed), one training run each; 1337 is s3prl's default [1337]
+#   --jobs N              seeds run at the same time, each with its share of the cores [1]
+#   --layer N             train on hidden state N only (0 = CNN output); empty = SUPERB's weighted sum of all []
 #   --max-steps N         training updates (also sets eval/save steps to N); empty = config's 200k []
 #   --batch-size N        utterances per batch; empty = config's 32 []
 #   --num-workers N       DataLoader worker processes [2]
@@ -39,12 +41,14 @@ expdir=exp/superb/model       # experiment dir of this model
 config=            # downstream config; empty = packaged asr/config.yaml
 device=auto        # cuda | cpu | auto
 seeds=1337         # downstream seeds, one run each (s3prl's default seed is 1337)
+jobs=1             # seeds trained at the same time
+layer=             # one hidden state (s3prl -l); empty = weighted sum of all (SUPERB)
 max_steps=         # training updates; empty = the config's
 batch_size=        # batch size; empty = the config's
 num_workers=2      # DataLoader worker processes
 overrides=         # s3prl overrides collected from -o
 force=false        # rerun finished stages
-OPTIONS="stage stop_stage upstream ckpt librispeech expdir config device seeds max_steps batch_size num_workers force"
+OPTIONS="stage stop_stage upstream ckpt librispeech expdir config device seeds jobs layer max_steps batch_size num_workers force"
 parse_options "$@"
 [ ${#ARGS[@]} -eq 0 ] || die "unexpected argument: ${ARGS[0]} (see --help)"
 check_seeds
@@ -98,10 +102,11 @@ stage_score() {
 }
 
 run_stage 1 "data preparation: $librispeech -> $dir/data/len" stage_prepare
-for s in $seeds; do
-  seed_paths "$s"
-  run_stage 2 "train (seed $seed): $upstream $ckpt + $librispeech/train-clean-100 -> $run_dir" stage_train
+# stages 2-4 of one seed (seed_paths has run)
+run_seed() {
+  run_stage 2 "train (seed $seed${layer:+, layer $layer}): $upstream $ckpt + $librispeech/train-clean-100 -> $run_dir" stage_train
   run_stage 3 "test: $run_dir (best on dev-clean) + test-clean -> $run_dir/test-clean.log" stage_test
   run_stage 4 "score: $run_dir/test-clean.log -> $run_dir/result.json" stage_score
-done
+}
+for_each_seed run_seed
 log "done: $dir/seed<S> for seeds $seeds"

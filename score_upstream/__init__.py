@@ -1,4 +1,4 @@
-"""score-upstream: SCORE fine-tuning of HuBERT and its s3prl upstream.
+"""score-upstream: SCORE fine-tuning of HuBERT (and WavLM) and its s3prl upstreams.
 
 Importing this package is light (no s3prl import). Heavy pieces load on first use::
 
@@ -18,7 +18,7 @@ __all__ = ["register", "soft_dtw_divergence", "__version__"]
 def register() -> None:
     """Make s3prl 0.4.18 work with today's libraries and add our upstreams to ``s3prl.hub``.
 
-    Idempotent. After it, ``s3prl.hub.score_hubert`` / ``score_local`` exist and
+    Idempotent. After it, ``s3prl.hub.score_hubert`` / ``score_local`` / ``score_wavlm`` exist and
     ``s3prl.nn.S3PRLUpstream("score_hubert", path_or_url=CKPT)`` works.
     """
     from score_upstream.s3prl.upstream.hubconf import register_upstreams

@@ -299,6 +299,28 @@ def test_require_file_stops_with_one_line(tmp_path):
     assert proc.stderr.strip() == f"error: t: missing best checkpoint: {tmp_path}/x.ckpt; rerun with --stage 2"
 
 
+def test_for_each_seed_runs_every_seed_side_by_side_and_names_failures(tmp_path):
+    script = (
+        f'dir="{tmp_path}"; seeds="0 1 2"; jobs="$1"\n'
+        'seed_paths() { seed="$1"; run_dir="$dir/seed$1"; }\n'
+        'work() { mkdir -p "$run_dir"; echo "$OMP_NUM_THREADS" > "$run_dir/threads"; echo "test per: 0.$seed"\n'
+        '         [ "$seed" != "${2-}" ] || { echo "boom in $seed" >&2; exit 7; }; }\n'
+        'OMP_NUM_THREADS=4 for_each_seed work\n'
+    )
+    ok = _bash(script, "2")
+    assert ok.returncode == 0, ok.stderr
+    for s in range(3):
+        assert (tmp_path / f"seed{s}" / "threads").read_text().strip() == "2"  # 4 threads shared by 2 jobs
+        assert f"seed {s}: test per: 0.{s}" in ok.stderr
+    failed = _bash(script.replace('"${2-}"', '"1"'), "2")
+    assert failed.returncode == 2 and "seed 1 failed: boom in 1" in failed.stderr
+    assert f"see {tmp_path}/seed1.out" in failed.stderr.strip().splitlines()[-1]
+    assert (tmp_path / "seed2" / "threads").is_file()  # the other runs still finished
+    serial = _bash(script, "1")
+    assert serial.returncode == 0 and "test per: 0.2" in serial.stdout and "background" not in serial.stderr
+    assert _bash(script, "0").returncode == 2
+
+
 # ---------------------------------------------------------------- recipes on the tiny synthetic corpus
 
 FAST_S3PRL = ["--device", "cpu", "--max-steps", "1", "--batch-size", "2", "--num-workers", "0"]
@@ -446,3 +468,5 @@ def test_run_superb_demo_fills_every_cell(tmp_path):
     assert len(rows) == 2
     for row in rows:
         assert "missing" not in row and "| |" not in row
+    paired = (REPO / "results" / "demo" / "paired.md").read_text()
+    assert "| SCORE | PER % |" in paired and "| SCORE | MTWV last layer |" in paired

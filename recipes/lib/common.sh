@@ -151,6 +151,41 @@ seed_paths() {
   STAGE_PARENT="$dir"
 }
 
+# for_each_seed FN: runs FN once per downstream seed in $seeds (after seed_paths SEED), $jobs of them at a
+# time (default 1). With jobs > 1 each seed's output goes to $dir/seed<S>.out (a line says so) and each
+# run gets an equal share of OMP_NUM_THREADS (default: the core count); a frozen upstream and a small
+# head leave s3prl's runner bound by one Python thread, so two runs side by side on two cores take about
+# the time of one. Stops after all started runs ended if any failed, naming its output file.
+for_each_seed() {
+  local fn="$1" s n="${jobs:-1}" failed=
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "--jobs must be a positive integer, got '$n'"
+  if [ "$n" -eq 1 ]; then
+    for s in $seeds; do seed_paths "$s"; "$fn"; done
+    return 0
+  fi
+  local threads=$(( ${OMP_NUM_THREADS:-$(nproc)} / n ))
+  [ "$threads" -ge 1 ] || threads=1
+  mkdir -p "$dir"
+  for s in $seeds; do
+    while [ "$(jobs -rp | wc -l)" -ge "$n" ]; do wait -n || true; done
+    log "seed $s: running in the background ($n at a time, $threads thread(s) each) -> $dir/seed$s.out"
+    rm -f "$dir/seed$s.out.rc"
+    ( ( seed_paths "$s"; export OMP_NUM_THREADS="$threads"; "$fn" ) >"$dir/seed$s.out" 2>&1
+      echo $? >"$dir/seed$s.out.rc" ) &
+  done
+  wait
+  for s in $seeds; do
+    if [ "$(cat "$dir/seed$s.out.rc" 2>/dev/null || echo 1)" != 0 ]; then
+      log "seed $s failed: $(grep -v '^\s*$' "$dir/seed$s.out" | tail -n 1 | cut -c1-300)"
+      failed+=" $dir/seed$s.out"
+    else
+      log "seed $s: $(grep -E '^test [a-z]+: ' "$dir/seed$s.out" | tail -n 1)"
+    fi
+    rm -f "$dir/seed$s.out.rc"
+  done
+  [ -z "$failed" ] || die "downstream runs failed; see$failed"
+}
+
 # abspath PATH: prints PATH made absolute (the file need not exist).
 abspath() {
   case "$1" in
@@ -173,7 +208,8 @@ recipe_paths() {
 
 # train_downstream DOWNSTREAM CONFIG SECTION OVERRIDES: score-s3prl -m train --seed $seed of
 # $upstream/$ckpt into $run_dir (seed_paths). After the recipe's own OVERRIDES come the options the ASR and PR recipes share: --max-steps
-# (total, eval and save steps; log every min(N, 100)), --num-workers and --batch-size under
+# (total, eval and save steps; log every min(N, 100)), --layer (one hidden state instead of SUPERB's
+# weighted sum of all; s3prl -l), --num-workers and --batch-size under
 # config.downstream_expert.SECTION, and last the user's -o overrides. Stops when no checkpoint was written.
 train_downstream() {
   local downstream="$1" config="$2" section="$3" o="$4"
@@ -185,7 +221,7 @@ train_downstream() {
   [ -z "$batch_size" ] || o+=",,config.downstream_expert.$section.batch_size=$batch_size"
   [ -z "$overrides" ] || o+=",,$overrides"
   run_logged "$run_dir/train.log" score-s3prl -m train -a -u "$upstream" -k "$ckpt" -d "$downstream" -c "$config" \
-    -p "$run_dir" --seed "${seed:?seed_paths must run first}" --device "$device" -o "$o"
+    -p "$run_dir" --seed "${seed:?seed_paths must run first}" --device "$device" ${layer:+-l "$layer"} -o "$o"
   ls "$run_dir"/states-*.ckpt >/dev/null 2>&1 || die "training wrote no checkpoint in $run_dir; see $run_dir/train.log"
 }
 

@@ -4,7 +4,7 @@
 #   source recipes/lib/setup_env.sh && score_setup_env
 #
 # SCORE_VENV overrides the location (default: <repo>/.venv). The environment is rebuilt only when
-# pyproject.toml or requirements.lock changed since the last successful set-up, so a second call
+# pyproject.toml, requirements.lock or this script changed since the last successful set-up, so a second call
 # costs a fraction of a second.
 
 score_repo_root() { cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd; }
@@ -27,7 +27,7 @@ score_setup_env() {
   venv="${SCORE_VENV:-$root/.venv}"
   py="${SCORE_PYTHON:-python3.11}"
   command -v "$py" >/dev/null 2>&1 || py=python3
-  want="$(cat "$root/pyproject.toml" "$root/requirements.lock" | sha256sum | cut -d' ' -f1)"
+  want="$(cat "$root/pyproject.toml" "$root/requirements.lock" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
   stamp="$venv/.score-setup-stamp"
   score_setup_espeak
   if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -43,6 +43,10 @@ score_setup_env() {
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "uv==0.13.9"
   "$venv/bin/uv" pip install -q --python "$venv/bin/python" -r "$root/requirements.lock"
   "$venv/bin/uv" pip install -q --python "$venv/bin/python" --no-deps -e "$root"
+  # every module's .pyc written once here (about a minute): where PYTHONDONTWRITEBYTECODE is set, as on
+  # many CI machines, Python would otherwise recompile thousands of modules in every process (~10 s per
+  # s3prl run, dozens of runs in the demo and the tests)
+  "$venv/bin/python" -m compileall -q -j 0 "$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true  # a stray file that does not compile is harmless
   echo "$want" > "$stamp"
   export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv"
 }

@@ -1,4 +1,4 @@
-"""Convert a HuBERT checkpoint between formats; the source format is detected from its content.
+"""Convert a HuBERT or WavLM checkpoint between formats; the source format is detected from its content.
 
 How to run::
 
@@ -6,6 +6,8 @@ How to run::
     score-convert exp/score/score_hubert.pt exp/score_hf --to hf          # s3prl/SCORE -> transformers dir
     score-convert exp/score_hf exp/back.pt --to s3prl                     # transformers dir -> s3prl
     score-convert spin.ckpt exp/spin.pt --to s3prl --base hubert_base_ls960.pt   # SPIN Lightning ckpt
+    score-convert WavLM-Base+.pt exp/wavlm_hf --to hf                     # unilm WavLM -> transformers WavLMModel
+    score-convert exp/wavlm_hf exp/wavlm.pt --to s3prl                    # -> {cfg, model} for wavlm_local
     python -m score_upstream.models.convert ...                                  # the same
 
 Exit status 0 on success, 2 on bad input (one-line message, no traceback).
@@ -37,7 +39,7 @@ def convert(src: str | Path, dst: str | Path, to: str, base: str | Path | None =
         CheckpointError: unreadable/unsafe source, or a target that cannot hold it.
     """
     from score_upstream.models.formats import CheckpointError, detect_format
-    from score_upstream.models.hubert import describe, load_hubert, save_hf, save_s3prl
+    from score_upstream.models.loader import describe, load_model, save_hf, save_s3prl
 
     if to not in TARGETS:
         raise CheckpointError(f"--to {to!r}: expected one of {', '.join(TARGETS)}")
@@ -49,7 +51,7 @@ def convert(src: str | Path, dst: str | Path, to: str, base: str | Path | None =
 
         bundle = load_spin(src, base)
     else:
-        bundle = load_hubert(src)
+        bundle = load_model(src)
     if to == "s3prl":
         if dst.is_dir():
             raise CheckpointError(f"{dst}: is a directory; --to s3prl writes a .pt file")
@@ -63,7 +65,7 @@ def convert(src: str | Path, dst: str | Path, to: str, base: str | Path | None =
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="score-convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("src", help="fairseq .pt, s3prl converted .pt (SCORE checkpoint) or transformers directory")
+    parser.add_argument("src", help="fairseq .pt, s3prl converted .pt (SCORE checkpoint), WavLM .pt or transformers directory")
     parser.add_argument("dst", help="output .pt file (--to s3prl) or directory (--to hf)")
     parser.add_argument("--to", required=True, choices=TARGETS, help="target format")
     parser.add_argument("--base", help="SPIN only: the HuBERT checkpoint SPIN was trained from (any format)")

@@ -68,10 +68,15 @@ class HubertBundle:
     symbols: list = field(default_factory=lambda: [None])
     extra: dict = field(default_factory=dict)
     source_format: str = "new"
+    family = "hubert"
 
     @property
     def num_layers(self) -> int:
         return len(self.model.encoder.layers)
+
+    def rebuild(self) -> torch.nn.Module:
+        """A fresh network of the same architecture (random weights), e.g. for a frozen copy."""
+        return build_model(self.model_cfg, self.task_cfg, self.symbols)
 
     @property
     def normalize(self) -> bool:
@@ -245,7 +250,11 @@ def load_hubert(path: str | os.PathLike) -> HubertBundle:
     Raises:
         CheckpointError: one line naming the file, what was expected and what was found.
     """
-    return bundle_from_raw(read_checkpoint(path))
+    raw = read_checkpoint(path)
+    if getattr(raw, "family", "hubert") != "hubert":
+        raise CheckpointError(f"{path}: a {raw.family} checkpoint ({raw.source_format} format); expected a HuBERT "
+                              "(score_upstream.models.loader.load_model reads both)")
+    return bundle_from_raw(raw)
 
 
 def to_raw(bundle: HubertBundle) -> RawHubert:

@@ -1,9 +1,9 @@
-"""The ``score-results`` figure: each metric with its uncertainty, and the relative improvements vs HuBERT.
+"""The ``score-results`` figure: each metric with its uncertainty, and the relative improvements vs the vanilla model.
 
 Top row, one panel per metric (WER, PER, MTWV of the reported layer, and of the last layer when the runs
 have it): a bar per reproduced model with its error bar, the sd over downstream seeds for WER and PER and
-the bootstrap interval over queries for MTWV. Bottom: the relative improvements vs HuBERT (%, on the
-means), reproduced and reported rows, as grouped bars.
+the bootstrap interval over queries for MTWV. Bottom: the relative improvements vs the vanilla model of each
+row's family (HuBERT or WavLM; %, on the means), reproduced and reported rows, as grouped bars.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def _metric_panel(ax, rows: list[dict], metric: str) -> None:
     bars = list(zip(*(error_bar(r, metric) for r in shown))) or [[], []]
     ax.bar(xs, values, 0.6, yerr=bars, capsize=4, color=[f"C{i}" for i in xs], ecolor="black")
     for x, r in zip(xs, shown):
-        rel = r.get(f"rel_{REL_KEY[metric]}_vs_hubert")
-        if isinstance(rel, float) and r["kind"] != "hubert":
+        rel = r.get(f"rel_{REL_KEY[metric]}_vs_{r.get('family', 'hubert')}")
+        if isinstance(rel, float) and r["kind"] not in ("hubert", "wavlm"):
             ax.annotate(f"{rel:+.1f}%", (x, r[metric]), ha="center", va="bottom", fontsize=7,
                         xytext=(0, 2), textcoords="offset points")
     ax.set_xticks(list(xs), [r["model"] for r in shown], fontsize=7, rotation=20)
@@ -49,9 +49,10 @@ def _metric_panel(ax, rows: list[dict], metric: str) -> None:
 def _relative_panel(ax, table: list[dict]) -> None:
     metrics = [*METRICS] + ([LAST] if any(isinstance(r[LAST], float) for r in table) else [])
     series = [
-        (f"{r['model']} ({r['source']})", [r[f"rel_{REL_KEY[m]}_vs_hubert"] for m in metrics])
+        (f"{r['model']} ({r['source']})", [r[f"rel_{REL_KEY[m]}_vs_{r.get('family', 'hubert')}"] for m in metrics])
         for r in table
-        if r["kind"] != "hubert" and any(isinstance(r[f"rel_{REL_KEY[m]}_vs_hubert"], float) for m in metrics)
+        if r["kind"] not in ("hubert", "wavlm")
+        and any(isinstance(r[f"rel_{REL_KEY[m]}_vs_{r.get('family', 'hubert')}"], float) for m in metrics)
     ]
     width = 0.8 / max(1, len(series))
     for i, (label, values) in enumerate(series):
@@ -66,7 +67,7 @@ def _relative_panel(ax, table: list[dict]) -> None:
         ax.text(0.5, 0.5, "no relative improvement available (missing runs or baseline)", ha="center", transform=ax.transAxes)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(metrics)), [TASK_OF[m] for m in metrics])
-    ax.set_ylabel("relative improvement vs HuBERT (%)", fontsize=8)
+    ax.set_ylabel("relative improvement vs the vanilla model (%)", fontsize=8)
     ax.margins(y=0.15)  # room for the value labels above and below the bars
     if series:
         ax.legend(fontsize=7)

@@ -12,6 +12,9 @@ from pathlib import Path
 from score_upstream.report.results import LAST, METRICS, NA, REL_KEY, TASK_OF
 
 
+VS = {"hubert": "HuBERT", "wavlm": "WavLM", "spin": "SPIN (same family)"}
+
+
 def _cell(value, digits: int, percent: bool = False) -> str:
     if isinstance(value, str) or value is None:
         return value or NA
@@ -43,25 +46,28 @@ def value_cell(rec: dict, metric: str) -> str:
 
 
 def markdown(table: list[dict], header: list[str], title: str) -> str:
-    """Two markdown tables (reproduced, reported); vs-SPIN columns only where a SPIN row exists, last-layer
-    QbE columns only where a row has the last layer's MTWV."""
+    """Two markdown tables (reproduced, reported), rows grouped by family; family and vs-WavLM columns only
+    where a WavLM-based row exists, vs-SPIN columns only where a SPIN row exists, last-layer QbE columns only
+    where a row has the last layer's MTWV."""
     out = [f"# {title}", "", *(f"> {h}  " for h in header), ""]
     for source, heading in (("reproduced", "Reproduced by this project"), ("reported", "Reported by papers")):
         rows = [r for r in table if r["source"] == source]
         if not rows:
             continue
-        kinds = ["hubert"] + (["spin"] if any(r["kind"] == "spin" for r in rows) else [])
+        wavlm = any(r["family"] == "wavlm" for r in rows)
+        kinds = ["hubert"] + (["wavlm"] if wavlm else []) + (["spin"] if any(r["kind"] == "spin" for r in rows) else [])
         metrics = [*METRICS] + ([LAST] if any(isinstance(r[LAST], float) for r in rows) else [])
-        cols = ["Model", "Kind", "WER % (ASR)", "PER % (PR)", "MTWV (QbE)", "QbE layer"]
+        cols = ["Model", "Kind"] + (["Family"] if wavlm else []) + ["WER % (ASR)", "PER % (PR)", "MTWV (QbE)", "QbE layer"]
         cols += ["MTWV last layer", "Last layer"] if LAST in metrics else []
-        cols += [f"{TASK_OF[m]} vs {'HuBERT' if k == 'hubert' else 'SPIN'}" for k in kinds for m in metrics]
+        cols += [f"{TASK_OF[m]} vs {VS[k]}" for k in kinds for m in metrics]
         trained = any(isinstance(r.get("train_speech_h"), float) or r.get("train_method") not in (None, NA, "missing")
                       for r in rows)
         cols += ["Method", "Speech h", "Speech vs SPIN"] if trained else []
         cols += ["Source" if source == "reported" else "Checkpoint"]
         out += [f"## {heading}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in rows:
-            cells = [r["model"], r["kind"], value_cell(r, "wer"), value_cell(r, "per"), value_cell(r, "mtwv"), str(r["qbe_layer"])]
+            cells = [r["model"], r["kind"]] + ([r["family"]] if wavlm else [])
+            cells += [value_cell(r, "wer"), value_cell(r, "per"), value_cell(r, "mtwv"), str(r["qbe_layer"])]
             cells += [value_cell(r, LAST), str(r["qbe_last_layer"])] if LAST in metrics else []
             cells += [_cell(r[f"rel_{REL_KEY[m]}_vs_{k}"], 2, True) for k in kinds for m in metrics]
             if trained:

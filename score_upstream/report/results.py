@@ -11,7 +11,8 @@ improvements vs HuBERT; ``score_upstream.report.plot``).
 Each ``EXPDIR`` is one model's experiment root, as ``recipes/{asr,pr,qbe}.sh`` and ``run_superb.sh`` lay it out::
 
     EXPDIR/model.json            {"name": "SCORE", "upstream": "score_hubert", "ckpt": "exp/score/score_hubert.pt",
-                                  "kind": "score"}          # kind: hubert | score | laser | spin | other
+                                  "kind": "score",          # kind: hubert | wavlm | score | laser | spin | other
+                                  "family": "hubert"}       # hubert | wavlm (absent: wavlm for kind wavlm, else hubert)
     EXPDIR/asr/seed<S>/test-clean.log   stdout of `score-s3prl -m evaluate -t test-clean` (s3prl asr expert),
                                  one per downstream seed S:
                                      test-clean loss: 0.1021
@@ -46,8 +47,13 @@ release says ``spin (converted)`` and its hours are missing: nothing is estimate
 Published numbers come from ``results/reported.csv`` (``--reported``), one row per (model, source), with
 absolute metrics and/or the relative figures a paper quotes. Relative improvement (SPEC §2):
 ``(base - new) / base`` for WER and PER, ``(new - base) / base`` for MTWV, in %, on the means; reproduced rows are
-compared with the reproduced HuBERT (kind ``hubert``) and SPIN (kind ``spin``) rows only, reported rows
-with the reported HuBERT row only, and MTWVs only when their protocol and scope agree.
+compared with the reproduced HuBERT (kind ``hubert``), WavLM (kind ``wavlm``) and SPIN (kind ``spin``) rows
+only, reported rows with the reported ones only, and MTWVs only when their protocol and scope agree.
+
+Model families: rows are grouped by family (HuBERT, then WavLM). A fine-tuned model (SCORE, SPIN, other) is
+compared with the vanilla model and the SPIN row *of its own family* (``rel_*_vs_hubert`` for HuBERT-based
+rows, ``rel_*_vs_wavlm`` for WavLM-based ones; the other family's column says ``n/a (other family)``); the
+two vanilla models are compared with each other too.
 """
 
 from __future__ import annotations
@@ -71,7 +77,10 @@ logger = logging.getLogger(__name__)
 MISSING = "missing"
 NOT_REPORTED = "not reported"
 NA = "n/a"
-KINDS = ("hubert", "score", "laser", "spin", "other")
+KINDS = ("hubert", "wavlm", "score", "laser", "spin", "other")
+FAMILIES = ("hubert", "wavlm")
+VANILLA = ("hubert", "wavlm")  # the kinds that are a family's unmodified model (and its baseline)
+OTHER_FAMILY = "n/a (other family)"
 METRICS = ("wer", "per", "mtwv")
 LAST = "mtwv_last"  # the last layer's MTWV, reported beside the protocol's layer
 TASK_OF = {"wer": "ASR", "per": "PR", "mtwv": "QbE", LAST: "QbE last layer"}
@@ -100,6 +109,7 @@ class ModelResult:
     name: str
     kind: str = "other"
     source: str = "reproduced"
+    family: str = "hubert"
     wer: float | None = None
     per: float | None = None
     mtwv: float | None = None
@@ -258,9 +268,12 @@ def read_experiment(expdir: str | Path) -> ModelResult:
             raise ResultsError(f"{expdir / 'model.json'}: not JSON ({e}); expected {{\"name\", \"upstream\", \"ckpt\", \"kind\"}}") from None
         if not isinstance(meta, dict) or meta.get("kind", "other") not in KINDS:
             raise ResultsError(f"{expdir / 'model.json'}: kind {meta.get('kind') if isinstance(meta, dict) else meta!r}, expected one of {KINDS}")
+        if meta.get("family", "hubert") not in FAMILIES:
+            raise ResultsError(f"{expdir / 'model.json'}: family {meta.get('family')!r}, expected one of {FAMILIES}")
     else:
         logger.warning("%s: no model.json; naming the row %r, kind 'other'", expdir, expdir.name)
-    row = ModelResult(name=str(meta.get("name") or expdir.name), kind=meta.get("kind", "other"))
+    kind = meta.get("kind", "other")
+    row = ModelResult(name=str(meta.get("name") or expdir.name), kind=kind, family=default_family(kind, meta.get("family")))
     row.citation = " ".join(str(meta[k]) for k in ("upstream", "ckpt") if meta.get(k))
     row.train_method, row.train_speech_hours = read_training(meta.get("ckpt"))
 
@@ -290,8 +303,14 @@ def read_experiment(expdir: str | Path) -> ModelResult:
     return row
 
 
+def default_family(kind: str, family: str | None) -> str:
+    """The row's model family: as given, else ``wavlm`` for the vanilla WavLM kind and ``hubert`` otherwise."""
+    return family or ("wavlm" if kind == "wavlm" else "hubert")
+
+
 def read_reported(path: str | Path) -> list[ModelResult]:
-    """Rows of ``reported.csv``: name, kind, wer, per, mtwv, rel_{asr,pr,qbe}_vs_hubert, qbe_protocol, qbe_scope, source."""
+    """Rows of ``reported.csv``: name, kind, wer, per, mtwv, rel_{asr,pr,qbe}_vs_hubert, qbe_protocol, qbe_scope,
+    source, and optionally family."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -307,11 +326,13 @@ def read_reported(path: str | Path) -> list[ModelResult]:
             num = {k: float(rec[k]) if rec[k] and rec[k].strip() else None for k in need - {"name", "kind", "source"}}
         except ValueError as e:
             raise ResultsError(f"{path}: line {number}: {e}; expected numbers or empty cells") from None
-        if rec["kind"] not in KINDS or not rec["source"]:
-            raise ResultsError(f"{path}: line {number}: kind {rec['kind']!r} (expected {KINDS}) and a non-empty source")
+        if rec["kind"] not in KINDS or not rec["source"] or (rec.get("family") or "hubert") not in FAMILIES:
+            raise ResultsError(f"{path}: line {number}: kind {rec['kind']!r} (expected {KINDS}), family "
+                               f"{rec.get('family')!r} (expected {FAMILIES} or empty) and a non-empty source")
         rel = {m: num[f"rel_{TASK_OF[m].lower()}_vs_hubert"] for m in METRICS}
         rows.append(ModelResult(
-            name=rec["name"], kind=rec["kind"], source="reported", wer=num["wer"], per=num["per"], mtwv=num["mtwv"],
+            name=rec["name"], kind=rec["kind"], source="reported", family=default_family(rec["kind"], rec.get("family")),
+            wer=num["wer"], per=num["per"], mtwv=num["mtwv"],
             qbe_protocol=PROTOCOLS.get(rec.get("qbe_protocol") or "", None), qbe_scope=SCOPES.get(rec.get("qbe_scope") or "", None),
             reported_rel={m: v for m, v in rel.items() if v is not None}, citation=rec["source"],
         ))
@@ -342,6 +363,8 @@ def compare(row: ModelResult, base: ModelResult | None, metric: str, kind: str =
         return row.reported_rel[metric]
     if base is None:
         return NA
+    if base.family != row.family and row.kind not in VANILLA:
+        return OTHER_FAMILY
     if getattr(row, metric) is None or getattr(base, metric) is None:
         return MISSING if row.source == "reproduced" else NOT_REPORTED
     if metric == "mtwv" and (row.qbe_protocol, row.qbe_scope) != (base.qbe_protocol, base.qbe_scope):
@@ -353,22 +376,23 @@ def compare(row: ModelResult, base: ModelResult | None, metric: str, kind: str =
 
 
 def build_table(rows: list[ModelResult]) -> list[dict]:
-    """Plain records, one per row: metrics with their uncertainty and relative improvements (on the means)
-    vs HuBERT and SPIN of its own source.
+    """Plain records, one per row, grouped by family: metrics with their uncertainty and relative improvements
+    (on the means) vs HuBERT, WavLM and the SPIN row of its own family, of its own source.
 
     Columns: ``wer``, ``wer_sd``, ``wer_n``, ``per``, ``per_sd``, ``per_n`` (mean, sd over seeds, seed count),
     ``mtwv``, ``mtwv_low``, ``mtwv_high``, ``qbe_layer``, ``mtwv_last``, ``mtwv_last_low``, ``mtwv_last_high``,
     ``qbe_last_layer`` (bootstrap intervals over queries), ``qbe_protocol``, ``qbe_scope``, then
-    ``rel_{asr,pr,qbe,qbe_last}_vs_{hubert,spin}``, ``train_method``, ``train_speech_h``,
-    ``train_speech_vs_spin``, ``citation``, ``notes``.
+    ``rel_{asr,pr,qbe,qbe_last}_vs_{hubert,wavlm,spin}``, ``train_method``, ``train_speech_h``,
+    ``train_speech_vs_spin`` (to the SPIN row of the same family), ``citation``, ``notes``.
     """
     table = []
     for source in ("reproduced", "reported"):
-        group = [r for r in rows if r.source == source]
-        bases = {"hubert": _baseline(group, "hubert"), "spin": _baseline(group, "spin")}
+        group = sorted((r for r in rows if r.source == source), key=lambda r: FAMILIES.index(r.family))
+        bases = {"hubert": _baseline(group, "hubert"), "wavlm": _baseline(group, "wavlm"),
+                 **{("spin", f): _baseline([r for r in group if r.family == f], "spin") for f in FAMILIES}}
         for row in group:
             empty = MISSING if source == "reproduced" else NOT_REPORTED
-            rec = {"model": row.name, "kind": row.kind, "source": source}
+            rec = {"model": row.name, "kind": row.kind, "family": row.family, "source": source}
             for metric in ("wer", "per"):
                 rec[metric] = empty if getattr(row, metric) is None else getattr(row, metric)
                 rec[f"{metric}_sd"] = row.sd.get(metric, NA)
@@ -381,13 +405,15 @@ def build_table(rows: list[ModelResult]) -> list[dict]:
                 rec[key] = layer if layer is not None else (empty if source == "reproduced" else NA)
             rec["qbe_protocol"] = row.qbe_protocol or NA
             rec["qbe_scope"] = row.qbe_scope or NA
-            for kind, base in bases.items():
+            for kind in ("hubert", "wavlm", "spin"):
+                base = bases[("spin", row.family)] if kind == "spin" else bases[kind]
                 for metric in (*METRICS, LAST):
                     rec[f"rel_{REL_KEY[metric]}_vs_{kind}"] = compare(row, base, metric, kind)
             rec["train_method"] = row.train_method or (empty if source == "reproduced" else NA)
             rec["train_speech_h"] = row.train_speech_hours if row.train_speech_hours is not None else (
                 empty if source == "reproduced" else NA)
-            spin_h = bases["spin"].train_speech_hours if bases["spin"] is not None else None
+            spin = bases[("spin", row.family)]
+            spin_h = spin.train_speech_hours if spin is not None else None
             rec["train_speech_vs_spin"] = (row.train_speech_hours / spin_h if row.train_speech_hours is not None
                                            and spin_h else NA)
             rec["citation"] = row.citation
@@ -428,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results", help="output folder (superb.csv, superb.md, superb.png)")
     parser.add_argument("--reported", default=None, help="published numbers (default: results/reported.csv if present)")
     parser.add_argument("--no-reported", action="store_true", help="leave the published numbers out")
-    parser.add_argument("--title", default="SUPERB: SCORE vs HuBERT vs SPIN", help="table and plot title")
+    parser.add_argument("--title", default="SUPERB: SCORE vs HuBERT (WavLM) vs SPIN", help="table and plot title")
     parser.add_argument("--banner", default="", help="warning line on top of every output, e.g. for demo numbers")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

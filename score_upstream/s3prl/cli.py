@@ -13,8 +13,8 @@ Added to s3prl's behaviour:
 * ``--device cpu`` when CUDA is absent and no ``--device`` is given (s3prl defaults to cuda);
 * without ``-c``, a downstream we package a config for (``score_upstream/superb/<name>/config.yaml``,
   ``asr`` -> ``superb/asr``, ``ctc`` -> ``superb/pr``, ``quesst14_dtw`` -> ``superb/qbe``) uses it, and the asr ``dict_path`` defaults to the packaged ``char.dict``;
-* a missing checkpoint, config or experiment, or a checkpoint in no HuBERT format, is reported in
-  one line (exit status 2) before s3prl starts. Set ``SCORE_TRACEBACK=1`` to see tracebacks.
+* a missing checkpoint, config or experiment, a checkpoint in no HuBERT/WavLM format, or one of the
+  other family than the upstream (``score_hubert`` vs ``score_wavlm``), is reported in one line (exit status 2) before s3prl starts. Set ``SCORE_TRACEBACK=1`` to see tracebacks.
 
 Checkpoints written by the runner record the upstream name (``score_hubert``); evaluate and resume
 go through this same entry point, so the name resolves again.
@@ -31,7 +31,8 @@ import yaml
 
 logger = logging.getLogger(__name__)
 
-OUR_UPSTREAMS = ("score_hubert", "score_local")
+OUR_UPSTREAMS = ("score_hubert", "score_local", "score_wavlm")
+WAVLM_FORMATS = ("wavlm", "wavlm_hf")
 # s3prl downstream name -> the folder of score_upstream/superb/ holding its packaged config
 PACKAGED_CONFIGS = {"asr": "asr", "ctc": "pr", "quesst14_dtw": "qbe"}
 
@@ -72,8 +73,11 @@ def prepare_argv(argv: list[str]) -> list[str]:
     ckpt = _value(argv, "-k", "--upstream_ckpt")
     if upstream in OUR_UPSTREAMS:
         if ckpt is None:
-            raise CliError(f"-u {upstream} needs a checkpoint: pass -k CKPT (a SCORE or HuBERT checkpoint)")
-        detect_format(ckpt)
+            raise CliError(f"-u {upstream} needs a checkpoint: pass -k CKPT (a SCORE, HuBERT or WavLM checkpoint)")
+        found = "wavlm" if detect_format(ckpt) in WAVLM_FORMATS else "hubert"
+        expected = "wavlm" if upstream == "score_wavlm" else "hubert"
+        if found != expected:
+            raise CliError(f"{ckpt}: a {found} checkpoint; -u {upstream} reads {expected} ones (use -u score_{found})")
     config = _value(argv, "-c", "--config")
     downstream = _value(argv, "-d", "--downstream")
     if config is None and downstream is not None:

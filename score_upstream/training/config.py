@@ -37,15 +37,20 @@ class ConfigError(ValueError):
 class ModelConfig:
     """Student / target / head settings."""
 
-    init: str = ""  # path of the initial model (fairseq .pt, s3prl .pt or transformers dir); "" -> tiny
-    tiny: bool = False  # build a fresh random HuBERT-architecture model with tiny_model_cfg()
-    tiny_overrides: dict = field(default_factory=dict)  # keyword overrides for tiny_model_cfg()
+    init: str = ""  # path of the initial model (fairseq .pt, s3prl .pt, WavLM .pt or transformers dir); "" -> tiny
+    # model family the recipe is for; a model.init of the other family is an error
+    family: Literal["hubert", "wavlm"] = "hubert"
+    tiny: bool = False  # build a fresh random model of the family with tiny_model_cfg() / wavlm.tiny_cfg()
+    tiny_overrides: dict = field(default_factory=dict)  # keyword overrides for that tiny config
     # parameter-name prefixes of the student that train; the paper's: layers 11-12 (0-based 10, 11),
     # the LayerNorm on the CNN features and the encoder LayerNorm before layer 1
     trainable: list[str] = field(
         default_factory=lambda: ["encoder.layers.10.", "encoder.layers.11.", "layer_norm.", "encoder.layer_norm."]
     )
     head_dim: int = 256  # output size of the shared Linear head (input size comes from the model)
+    # 0: the head is one Linear(D -> head_dim) (the authors' HuBERT recipe); N > 0: Linear(D -> N), ReLU,
+    # Linear(N -> head_dim) (their WavLM recipe, N = 256)
+    head_hidden: int = 0
     target_dropout: bool = True  # the authors' target stays in train mode (dropout on)
     cnn_per_utterance: bool = True  # run the frozen CNN one utterance at a time: exact batch-1 features
 
@@ -131,7 +136,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     stop_at: int = 0  # end this run after this update (checkpoint kept), e.g. for time-limited jobs; 0: never
     resume: Literal["false", "true", "auto"] = "false"  # true: must find a checkpoint; auto: if present
-    save_hf: bool = False  # also write a transformers directory next to score_hubert.pt
+    save_hf: bool = False  # also write a transformers directory next to score_<family>.pt
     progress: bool = True  # tqdm bar on the leader
 
     def validate(self) -> None:
@@ -337,6 +342,7 @@ def validate(cfg: TrainConfig) -> None:
     need(0 < p.pitch_floor < p.pitch_ceiling, "perturb.pitch_floor", p.pitch_floor, "expected 0 < floor < pitch_ceiling")
     need(p.eq_gain_db >= 0, "perturb.eq_gain_db", p.eq_gain_db, "expected >= 0")
     need(cfg.model.head_dim > 0, "model.head_dim", cfg.model.head_dim, "expected > 0")
+    need(cfg.model.head_hidden >= 0, "model.head_hidden", cfg.model.head_hidden, "expected 0 (one Linear) or a width > 0")
     need(len(cfg.model.trainable) > 0, "model.trainable", cfg.model.trainable, "expected at least one prefix")
     need(cfg.model.tiny or bool(cfg.model.init), "model.init", cfg.model.init,
          "expected the initial model's path (model.init=PATH) or model.tiny=true")

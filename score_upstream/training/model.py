@@ -1,4 +1,4 @@
-"""The SCORE model: a partly trainable HuBERT student, its frozen initial copy (target) and a shared head.
+"""The SCORE model: a partly trainable HuBERT or WavLM student, its frozen initial copy (target) and a shared head.
 
 Paper setting (SPEC §1): the student trains transformer layers 11-12 (0-based 10, 11), the LayerNorm on
 the 512-d CNN features (``layer_norm``), the encoder LayerNorm before layer 1 (``encoder.layer_norm``) and
@@ -6,6 +6,11 @@ the head Linear(D -> 256); everything else is frozen, the CNN runs without gradi
 the student is in train mode. The target is a frozen copy of the initial model, in train mode by default
 as in the authors' code (``model.target_dropout``). Both sequences go through the same head and each
 frame is L2-normalised; features are the last layer's output at 50 Hz (hop 320 samples).
+
+WavLM (the authors' WavLM recipe): the same trainable set by the same names, and a two-layer head
+(``model.head_hidden``). Its gated relative position bias needs nothing here: ``encoder`` is s3prl's, whose
+layer 0 computes the bias for the padded length and passes it on to every later layer, the padding mask
+applied in each layer's attention.
 
 Example::
 
@@ -77,12 +82,29 @@ def select_trainable(hubert: nn.Module, prefixes: list[str]) -> list[str]:
     return sorted(set(chosen))
 
 
+def build_head(dim: int, out_dim: int, hidden: int = 0, seed: int = 0) -> nn.Module:
+    """The shared projection head: ``Linear(dim, out_dim)``, or with ``hidden > 0``
+    ``Linear(dim, hidden) -> ReLU -> Linear(hidden, out_dim)`` (the authors' WavLM head).
+
+    Each Linear gets nn.Linear's own initialisation, drawn in order from one generator seeded with ``seed``.
+    """
+    head = nn.Linear(dim, out_dim) if hidden == 0 else nn.Sequential(
+        nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+    g = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for lin in [m for m in head.modules() if isinstance(m, nn.Linear)]:
+            nn.init.kaiming_uniform_(lin.weight, a=math.sqrt(5), generator=g)
+            bound = 1 / math.sqrt(lin.in_features)
+            lin.bias.uniform_(-bound, bound, generator=g)
+    return head
+
+
 class ScoreModel(nn.Module):
     """Student + frozen target + shared head.
 
     Args:
-        bundle: a ``score_upstream.models.hubert.HubertBundle``; its model becomes the student (in place) and a
-            deep copy the target.
+        bundle: a ``HubertBundle`` or ``WavLMBundle`` (both hold s3prl's network with the same attribute
+            layout); its model becomes the student (in place) and a rebuilt copy the target.
         cfg: :class:`ModelConfig` (trainable prefixes, head size, target dropout, CNN mode).
         seed: seeds the head's initialisation.
         with_target: build the frozen target (SCORE); False for methods whose views all go through the
@@ -99,16 +121,9 @@ class ScoreModel(nn.Module):
             m.encoder.layerdrop = 0.0
         # a plain attribute, not a submodule: keeps the target out of state_dict() and parameters()
         self.__dict__["target"] = self._frozen_copy() if with_target else None
-        task = bundle.task_cfg if isinstance(bundle.task_cfg, dict) else vars(bundle.task_cfg)
-        self.normalize_wav = bool(task.get("normalize", False))
+        self.normalize_wav = bundle.normalize
         self.layout = conv_layout(self.student)
-        dim = self.student.encoder.embedding_dim
-        self.head = nn.Linear(dim, cfg.head_dim)
-        g = torch.Generator().manual_seed(int(seed))
-        with torch.no_grad():  # nn.Linear's own scheme, drawn from an explicit generator
-            nn.init.kaiming_uniform_(self.head.weight, a=math.sqrt(5), generator=g)
-            bound = 1 / math.sqrt(dim)
-            self.head.bias.uniform_(-bound, bound, generator=g)
+        self.head = build_head(self.student.encoder.embedding_dim, cfg.head_dim, cfg.head_hidden, seed)
         self.trainable_names = select_trainable(self.student, cfg.trainable)
         keep = set(self.trainable_names)
         for n, p in self.student.named_parameters():
@@ -117,11 +132,8 @@ class ScoreModel(nn.Module):
 
     def _frozen_copy(self) -> nn.Module:
         # rebuilt rather than deep-copied: weight_norm on the positional conv refuses deepcopy
-        from score_upstream.models.hubert import build_model
-
-        bundle = self.bundle
         with torch.random.fork_rng(devices=[]):  # building draws initial weights: keep the caller's RNG
-            target = build_model(bundle.model_cfg, bundle.task_cfg, bundle.symbols)
+            target = self.bundle.rebuild()
         target.load_state_dict(self.student.state_dict())
         target.feature_grad_mult = 0.0
         target.encoder.layerdrop = 0.0

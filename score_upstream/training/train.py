@@ -1,6 +1,7 @@
-"""Fine-tuning of HuBERT by SCORE (default), LASER or SPIN (config key ``method``), on one shared trainer.
+"""Fine-tuning of HuBERT (or WavLM) by SCORE (default), LASER or SPIN (config key ``method``), on one shared
+trainer.
 
-SCORE: soft-DTW correspondence between a HuBERT student and its frozen initial copy. LASER and SPIN:
+SCORE: soft-DTW correspondence between the student and its frozen initial copy. LASER and SPIN:
 ``score_upstream.training.methods`` (their views, heads and losses); data, updates, checkpoints, torchrun
 and logging are the same for all three.
 
@@ -9,6 +10,8 @@ Run::
     score-train recipes/score/hubert_base.yaml --data /data/LibriSpeech --out exp/score \\
         model.init=/models/hubert_base_ls960.pt
     score-train recipes/score/tiny.yaml --data synth_root --out exp/tiny        # CPU, under a minute
+    score-train recipes/score/wavlm_base_plus.yaml --data /data/LibriSpeech --out exp/score_wavlm \
+        model.init=/models/WavLM-Base+.pt                                        # -> score_wavlm.pt
     torchrun --nproc_per_node 8 -m score_upstream.training.train CONFIG.yaml --data ... --out ...   # same flags
     score-train CONFIG.yaml --data ... --out exp/score resume=auto                           # continue
     score-train recipes/laser/hubert_base.yaml ...   or   recipes/spin/hubert_base.yaml ...    # other methods
@@ -21,7 +24,7 @@ micro-batching gives the same update as batch 1 x accumulation. Updates run acro
 as s3prl's runner counts backward steps (no utterance dropped). A file that cannot be loaded,
 perturbed or encoded is reported once and skipped; more than ``data.max_failed_fraction`` of them stops
 the run. Resuming refuses a changed recipe key unless ``--allow-config-change`` is given.
-Outputs in ``--out``: ``score_hubert.pt`` (s3prl converted HuBERT format), resumable
+Outputs in ``--out``: ``score_hubert.pt`` (s3prl converted HuBERT format; ``score_wavlm.pt`` for WavLM), resumable
 ``state-NNNNNN.pt`` checkpoints, ``train_log.csv``, ``config.yaml`` (the latest start) and
 ``config-<time>-<n>.yaml`` (every start), TensorBoard events. Processed speech (the audio seconds of the
 views that went through the trainable model, see ``training.methods``) is logged on the step line in hours,
@@ -81,16 +84,24 @@ def lr_factor(step: int, warmup: int, total: int, start: float = 0.0, end: float
 
 
 def build_bundle(cfg: TrainConfig):
-    """The initial HuBERT: loaded from ``model.init`` (any format) or a fresh tiny one."""
-    from score_upstream.models import hubert
+    """The initial model of ``model.family``: loaded from ``model.init`` (any format) or a fresh tiny one."""
+    from score_upstream.models import hubert, wavlm
+    from score_upstream.models.loader import load_model
 
     if cfg.model.tiny:
+        if cfg.model.family == "wavlm":
+            return wavlm.new_wavlm(wavlm.tiny_cfg(**cfg.model.tiny_overrides), seed=cfg.seed)
         return hubert.new_hubert(hubert.tiny_model_cfg(**cfg.model.tiny_overrides), seed=cfg.seed)
     path = Path(cfg.model.init)
     if not path.exists():
-        raise ConfigError(f"config key 'model.init': {path} not found; give a fairseq .pt, an s3prl converted .pt "
-                          "or a transformers directory")
-    return hubert.load_hubert(path)
+        raise ConfigError(f"config key 'model.init': {path} not found; give a fairseq .pt, an s3prl converted .pt, "
+                          "a WavLM .pt or a transformers directory")
+    bundle = load_model(path)
+    if bundle.family != cfg.model.family:
+        raise ConfigError(f"config key 'model.init': {path} holds a {bundle.family}, the recipe is for "
+                          f"model.family={cfg.model.family}; use a {bundle.family} recipe (e.g. recipes/score/"
+                          f"{'wavlm_base_plus' if bundle.family == 'wavlm' else 'hubert_base'}.yaml)")
+    return bundle
 
 
 def build_perturbation(cfg: TrainConfig):
@@ -293,11 +304,11 @@ class Trainer:
                              f"{state.get('kind')!r} version {state.get(FORMAT_VERSION_KEY)!r} (version 1 states come "
                              "from before updates crossed epoch boundaries); finish that run with the code that "
                              "wrote it, or start over in a new --out directory")
-        try:  # through the schema: a config from before methods existed reads as SCORE with today's defaults
-            old = config_to_dict(config_from_dict(state["config"]))
-        except ConfigError as e:
-            raise TrainError(f"{path}: its config does not load ({e}); resume with the code that wrote it") from None
-        check_resume_config(path, old, config_to_dict(self.cfg), RUN_KEYS, allow_config_change, TrainError)
+        try:  # keys added since the state was written (method, model.family, ...) count at their defaults
+            old_cfg = config_to_dict(config_from_dict(state["config"]))
+        except ConfigError:
+            old_cfg = state["config"]
+        check_resume_config(path, old_cfg, config_to_dict(self.cfg), RUN_KEYS, allow_config_change, TrainError)
         missing = set(self.params) ^ set(state["trainable"])
         if missing:
             raise TrainError(f"{path}: trainable parameters differ from this config ({sorted(missing)[:3]} ...); "
@@ -531,7 +542,7 @@ class Trainer:
 
     def save_final(self) -> Path:
         from score_upstream import __version__
-        from score_upstream.models.hubert import save_hf, save_s3prl
+        from score_upstream.models.loader import save_hf, save_s3prl
 
         extra = {"score": {"method": self.method.title, "method_name": self.cfg.method, "recipe": dict(self.recipe),
                            "processed_speech_hours": self.speech_seconds / 3600,
@@ -541,10 +552,11 @@ class Trainer:
                            "steps": self.step, "init": self.cfg.model.init or "tiny (random)",
                            "trainable": list(self.model.trainable_names),
                            "unreadable_files": len(self.failed_files), "config": config_to_dict(self.cfg)}}
-        path = save_s3prl(self.bundle, self.out / "score_hubert.pt", extra=extra)
+        name = f"score_{self.bundle.family}"  # score_hubert.pt / score_wavlm.pt, as the s3prl upstream is named
+        path = save_s3prl(self.bundle, self.out / f"{name}.pt", extra=extra)
         logger.info("wrote %s", path)
         if self.cfg.save_hf:
-            logger.info("wrote %s", save_hf(self.bundle, self.out / "score_hubert_hf"))
+            logger.info("wrote %s", save_hf(self.bundle, self.out / f"{name}_hf"))
         return path
 
 
@@ -563,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", help="YAML recipe, e.g. recipes/score/hubert_base.yaml")
     ap.add_argument("--data", required=True, help="directory holding LibriSpeech/<subset>/ (or the subsets)")
-    ap.add_argument("--out", required=True, help="output directory (checkpoints, logs, score_hubert.pt)")
+    ap.add_argument("--out", required=True, help="output directory (checkpoints, logs, score_hubert.pt / score_wavlm.pt)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 model.init=PATH")
     ap.add_argument("--allow-config-change", action="store_true",
                     help="resume even though a recipe key differs from the checkpoint's (the change is logged)")

@@ -10,6 +10,9 @@ Formats read (auto-detected from the content, never from the file name):
 ``hf``        a transformers ``HubertModel`` directory: ``config.json`` + ``model.safetensors`` or
               ``pytorch_model.bin`` (:mod:`score_upstream.models.formats.hf`).
 ``spin``      a SPIN PyTorch-Lightning ``.ckpt`` (:mod:`score_upstream.models.formats.spin`).
+``wavlm``     a WavLM ``.pt`` (unilm release = s3prl's ``wavlm_local`` input): ``{cfg, model}``
+              (:mod:`score_upstream.models.formats.wavlm_pt`; read as ``RawWavLM``).
+``wavlm_hf``  a transformers ``WavLMModel`` directory (:mod:`score_upstream.models.formats.wavlm_hf`).
 ============  ===============================================================================
 
 Other modules add readers with :func:`register_reader` (a detector over a cheap :class:`Probe` of
@@ -141,7 +144,8 @@ def detect_format(path: str | os.PathLike) -> str:
     found = "a directory without a transformers config.json" if p.is_dir else (
         f"top-level strings {sorted(s for s in p.strings if s.isidentifier())[:8]}" if p.strings else "an unrecognised file"
     )
-    raise CheckpointError(f"{p.path}: not a HuBERT checkpoint in any known format (found {found}); expected {expected}")
+    raise CheckpointError(f"{p.path}: not a HuBERT checkpoint (nor a WavLM one) in any known format (found {found}); "
+                          f"expected {expected}")
 
 
 def read_checkpoint(path: str | os.PathLike) -> RawHubert:
@@ -174,9 +178,10 @@ def _ensure_builtin_readers() -> None:
     if _builtin_done:
         return
     _builtin_done = True
-    from score_upstream.models.formats import fairseq, hf, s3prl_format, spin
+    from score_upstream.models.formats import fairseq, hf, s3prl_format, spin, wavlm_hf, wavlm_pt
 
-    # Order matters only for files several detectors could claim: the s3prl keys are the most specific.
-    for mod in (s3prl_format, spin, fairseq, hf):
+    # Order matters only for files several detectors could claim: the s3prl keys are the most specific;
+    # a WavLM .pt has fairseq's "cfg" and "model" keys and a WavLM directory transformers' config.json.
+    for mod in (s3prl_format, spin, wavlm_pt, fairseq, wavlm_hf, hf):
         if mod.NAME not in reader_names():
             register_reader(mod.NAME, mod.detect, mod.read, mod.EXPECTS)

@@ -1,4 +1,4 @@
-"""The ``score_hubert`` s3prl upstream (alias ``score_local``).
+"""The ``score_hubert`` (alias ``score_local``) and ``score_wavlm`` s3prl upstreams.
 
 How to use::
 
@@ -7,5 +7,6 @@ How to use::
     from s3prl.nn import S3PRLUpstream
     upstream = S3PRLUpstream("score_hubert", path_or_url="exp/score/score_hubert.pt")
 
-or from the command line: ``score-s3prl -m train -u score_hubert -k CKPT -d asr ...``.
+or from the command line: ``score-s3prl -m train -u score_hubert -k CKPT -d asr ...`` (``-u score_wavlm`` for a
+WavLM checkpoint).
 """

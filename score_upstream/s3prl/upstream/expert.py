@@ -1,18 +1,20 @@
-"""s3prl upstream expert for SCORE (and any HuBERT) checkpoints.
+"""s3prl upstream expert for SCORE (and any HuBERT or WavLM) checkpoints.
 
-How to use: through s3prl (``-u score_hubert -k CKPT``) after :func:`score_upstream.register`, or
-directly::
+How to use: through s3prl (``-u score_hubert -k CKPT``, ``-u score_wavlm -k CKPT``) after
+:func:`score_upstream.register`, or directly::
 
     from score_upstream.s3prl.upstream.expert import UpstreamExpert
     expert = UpstreamExpert("exp/score/score_hubert.pt").eval()
     out = expert([torch.randn(16000), torch.randn(12000)])
     out["hidden_states"]      # 13 tensors (B, T, D) for a 12-layer model, 50 Hz
 
-The hidden states are what s3prl's stock ``hubert_local`` expert returns for the same weights: the
-input of every transformer layer (after the pre-encoder LayerNorm for post-LN models, padded frames
-included, cut to the shortest) and the encoder output. The checkpoint may be in any format
-:func:`score_upstream.models.hubert.load_hubert` reads; a SCORE checkpoint is s3prl's converted format plus
-metadata keys.
+The hidden states are what s3prl's stock ``hubert_local`` (``wavlm_local``) expert returns for the same
+weights: the input of every transformer layer (after the pre-encoder LayerNorm for post-LN models, padded
+frames included, cut to the shortest) and the encoder output. Both families run s3prl's own network, so
+WavLM's relative position bias is computed once by layer 0 for the padded length and passed on, and
+padded frames are masked with s3prl's frame mask, as ``wavlm_local`` does. The checkpoint may be in any
+format :func:`score_upstream.models.loader.load_model` reads; a SCORE checkpoint is the family's s3prl
+format plus metadata keys.
 
 Frozen-feature cache (opt-in): with ``SCORE_UPSTREAM_CACHE_MB=512`` in the environment, a forward in
 eval mode without grad (how s3prl's runner calls a frozen upstream) looks its batch up in an LRU cache
@@ -38,7 +40,7 @@ import torch.nn.functional as F
 from s3prl.upstream.interfaces import UpstreamBase
 from torch.nn.utils.rnn import pad_sequence
 
-from score_upstream.models.hubert import load_hubert
+from score_upstream.models.loader import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -112,22 +114,24 @@ class FeatureCache:
 
 
 class UpstreamExpert(UpstreamBase):
-    """HuBERT hidden states for s3prl's runner and ``S3PRLUpstream``.
+    """HuBERT or WavLM hidden states for s3prl's runner and ``S3PRLUpstream``.
 
     Args:
-        ckpt: checkpoint path (s3prl converted ``.pt``, fairseq ``.pt`` or transformers directory).
+        ckpt: checkpoint path (s3prl converted ``.pt``, fairseq ``.pt``, WavLM ``.pt`` or transformers directory).
+        family: ``"hubert"`` or ``"wavlm"``: the checkpoint must hold that family; None = either.
         cache_mb: frozen-feature cache size in MB (0 = off); None = ``$SCORE_UPSTREAM_CACHE_MB``.
         **kwargs: what s3prl passes to every upstream (``model_config``, ``refresh``...); ignored.
     """
 
-    def __init__(self, ckpt: str, cache_mb: float | None = None, **kwargs):
+    def __init__(self, ckpt: str, cache_mb: float | None = None, family: str | None = None, **kwargs):
         super().__init__()
-        bundle = load_hubert(ckpt)
+        bundle = load_model(ckpt, family=family)
+        self.family = bundle.family
         self.model = bundle.model
         self.normalize = bundle.normalize
         self.source = str(ckpt)
         self.score_meta = bundle.extra.get("score")
-        # Same inference settings as s3prl's HuBERT expert: no layer drop, CNN front-end without grad.
+        # Same inference settings as s3prl's HuBERT and WavLM experts: no layer drop, CNN front-end without grad.
         self.model.feature_grad_mult = 0.0
         self.model.encoder.layerdrop = 0.0
         self._captured: list[torch.Tensor] = []

@@ -1,0 +1,181 @@
+"""Paired differences against a baseline: is a model better by more than the noise of the measurement?
+
+Run it as::
+
+    python -m score_upstream.report.paired exp/demo/hubert exp/demo/score exp/demo/laser \\
+        --groundtruth data/demo/quesst14Database/scoring/groundtruth_quesst14_eval --out results/demo
+
+The first experiment folder is the baseline. Writes ``OUT/paired.md`` and ``OUT/paired.csv``: for every
+other model and metric, the difference ``new - base`` with its 95% interval, the relative improvement
+and whether the interval excludes zero.
+
+Two models evaluated on the same material share its noise, so their *difference* is far better
+determined than the two separate intervals suggest (overlapping intervals do not mean "no difference"):
+
+* WER / PER: the downstream runs are paired by seed (the same seed gives the same head initialisation and
+  batch order); ``d_s = new_s - base_s`` over the seeds both have, mean ± sd and a Student-t interval
+  (n - 1 degrees of freedom). With 3 seeds the t factor is 4.30, so it takes a consistent difference.
+* MTWV: a paired bootstrap over queries, the sampling unit of QUESST: each resample draws the same
+  queries for both systems (:func:`score_upstream.qbe.bootstrap.query_counts` with one seed) and the
+  difference of their maxTWVs is recorded; the interval is its 2.5th-97.5th percentile. Computed for
+  the layer each model's protocol reported and for its last layer (``qbe/eval/layer<L>/``).
+
+Sign convention: the difference is ``new - base`` in the metric's own unit; ``better`` says whether the
+interval lies wholly on the improving side (below zero for WER and PER, above for MTWV).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from score_upstream.qbe.bootstrap import LEVEL, N_RESAMPLES, SEED, query_counts, resampled_max_twv
+from score_upstream.qbe.stdlist import STDLIST_NAME
+from score_upstream.qbe.twv import TWVError, max_twv, read_ground_truth, read_stdlist
+from score_upstream.report.results import LAST, LOWER_IS_BETTER, ModelResult, ResultsError, read_experiment
+
+logger = logging.getLogger(__name__)
+
+LABEL = {"wer": "WER %", "per": "PER %", "mtwv": "MTWV (protocol layer)", LAST: "MTWV last layer"}
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``new - base`` for one metric: point value, 95% interval, how it was obtained."""
+
+    metric: str
+    base: float
+    new: float
+    diff: float
+    low: float
+    high: float
+    method: str  # "seeds (n=3, t)" or "bootstrap (1000 x 50 queries)"
+
+    @property
+    def relative(self) -> float:
+        """Relative improvement in % (positive = better), as the results table defines it."""
+        gain = -self.diff if LOWER_IS_BETTER[self.metric] else self.diff
+        return 100.0 * gain / self.base if self.base else math.nan
+
+    @property
+    def better(self) -> str:
+        """``yes`` / ``no`` (interval wholly on the improving / worsening side), ``not shown`` otherwise."""
+        lo, hi = (-self.high, -self.low) if LOWER_IS_BETTER[self.metric] else (self.low, self.high)
+        return "yes" if lo > 0 else "worse" if hi < 0 else "not shown"
+
+
+def seed_difference(metric: str, base: dict, new: dict, level: float = LEVEL) -> Difference | None:
+    """Paired-by-seed difference of two models' per-seed values ({seed: value}); None with fewer than 2
+    shared seeds (no spread to estimate)."""
+    from scipy.stats import t as student_t
+
+    seeds = sorted(set(base) & set(new), key=str)
+    if len(seeds) < 2:
+        return None
+    d = [new[s] - base[s] for s in seeds]
+    mean, sd = statistics.fmean(d), statistics.stdev(d)
+    half = float(student_t.ppf(0.5 + level / 2, len(d) - 1)) * sd / math.sqrt(len(d))
+    return Difference(metric, statistics.fmean(base[s] for s in seeds), statistics.fmean(new[s] for s in seeds),
+                      mean, mean - half, mean + half, f"seeds (n={len(d)}, t)")
+
+
+def bootstrap_difference(metric: str, base_scores: np.ndarray, new_scores: np.ndarray, targets: np.ndarray,
+                         n_resamples: int = N_RESAMPLES, seed: int = SEED, level: float = LEVEL) -> Difference:
+    """Paired bootstrap over queries of ``maxTWV(new) - maxTWV(base)`` on the same (Q, D) ``targets``."""
+    counts = query_counts(len(targets), n_resamples, seed)
+    diffs = resampled_max_twv(new_scores, targets, counts) - resampled_max_twv(base_scores, targets, counts)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(diffs, [tail, 100 - tail])
+    base, new = max_twv(base_scores, targets)[0], max_twv(new_scores, targets)[0]
+    return Difference(metric, base, new, new - base, float(low), float(high),
+                      f"bootstrap ({n_resamples} x {len(targets)} queries)")
+
+
+def _stdlist_scores(expdir: Path, layer: int | None, gt) -> np.ndarray | None:
+    if layer is None:
+        return None
+    path = expdir / "qbe" / "eval" / f"layer{layer}" / STDLIST_NAME
+    if not path.is_file():
+        logger.warning("%s: missing; no paired QbE difference for this layer", path)
+        return None
+    return read_stdlist(path, gt).scores
+
+
+def compare_models(base_dir: Path, new_dir: Path, groundtruth: Path | None) -> tuple[ModelResult, list[Difference]]:
+    """Every paired difference of ``new_dir``'s model against ``base_dir``'s that both folders allow."""
+    base, new = read_experiment(base_dir), read_experiment(new_dir)
+    out = []
+    for metric in ("wer", "per"):
+        d = seed_difference(metric, base.runs.get(metric, {}), new.runs.get(metric, {}))
+        if d is not None:
+            out.append(d)
+    if groundtruth is not None:
+        gt = read_ground_truth(groundtruth)
+        for metric, attr in (("mtwv", "qbe_layer"), (LAST, "qbe_last_layer")):
+            b, n = _stdlist_scores(base_dir, getattr(base, attr), gt), _stdlist_scores(new_dir, getattr(new, attr), gt)
+            if b is not None and n is not None:
+                out.append(bootstrap_difference(metric, b, n, gt.targets))
+    return new, out
+
+
+def render(base: str, rows: list[tuple[str, Difference]], header: list[str]) -> tuple[str, str]:
+    """(markdown, csv) of the differences."""
+    md = ["# Paired differences against " + base, "", *(f"> {h}  " for h in header), "",
+          "| Model | Metric | Base | Model | Difference [95% interval] | Relative | Better? | How |",
+          "|---|---|---|---|---|---|---|---|"]
+    csv = ["model,metric,base,new,diff,low,high,relative_pct,better,method"]
+    for name, d in rows:
+        digits = 2 if d.metric in ("wer", "per") else 4
+        md.append(f"| {name} | {LABEL[d.metric]} | {d.base:.{digits}f} | {d.new:.{digits}f} | {d.diff:+.{digits}f} "
+                  f"[{d.low:+.{digits}f}, {d.high:+.{digits}f}] | {d.relative:+.2f}% | {d.better} | {d.method} |")
+        csv.append(f"{name},{d.metric},{d.base:.6g},{d.new:.6g},{d.diff:.6g},{d.low:.6g},{d.high:.6g},"
+                   f"{d.relative:.6g},{d.better},{d.method}")
+    md += ["", "Difference = model - base in the metric's unit; Better? = yes when the whole interval lies on the "
+           "improving side (lower WER/PER, higher MTWV), worse when it lies on the other, not shown otherwise.", ""]
+    return "\n".join(md), "\n".join(csv) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m score_upstream.report.paired BASE_EXPDIR EXPDIR... [--groundtruth DIR] --out DIR``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("base", help="experiment folder of the baseline (e.g. the starting HuBERT)")
+    parser.add_argument("expdirs", nargs="+", help="experiment folders of the models compared with it")
+    parser.add_argument("--groundtruth", default=None, help="QUESST eval ground truth (groundtruth_quesst14_eval) for MTWV")
+    parser.add_argument("--out", required=True, help="folder for paired.md and paired.csv")
+    parser.add_argument("--banner", default="", help="warning line on top, e.g. for demo numbers")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from score_upstream.atomic import atomic_write_bytes
+    from score_upstream.report.results import provenance
+
+    try:
+        gt = Path(args.groundtruth) if args.groundtruth else None
+        rows = []
+        for d in args.expdirs:
+            model, diffs = compare_models(Path(args.base), Path(d), gt)
+            rows += [(model.name, x) for x in diffs]
+        info = provenance(argv)
+        info["command"] = " ".join(["python -m score_upstream.report.paired", *(argv if argv is not None else sys.argv[1:])])
+    except (ResultsError, TWVError) as e:
+        print(f"paired: error: {e}", file=sys.stderr)
+        return 2
+    header = ([args.banner] if args.banner else []) + [
+        f"Generated by `{info['command']}` at {info['time_utc']} UTC; do not edit by hand.",
+        f"Versions: {info['versions']}; git commit {info['git_commit']}."]
+    md, csv = render(read_experiment(args.base).name, rows, header)
+    out = Path(args.out)
+    atomic_write_bytes(md.encode(), out / "paired.md")
+    atomic_write_bytes(csv.encode(), out / "paired.csv")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
