@@ -29,8 +29,9 @@
 #   --asr-steps N / --pr-steps N   training updates; empty = the SUPERB configs' [ / ]
 #   --seeds "S1 S2 S3"    ASR and PR downstream seeds, one training run each (EXPDIR/{asr,pr}/seed<S>/); the
 #                         table gives mean ± sd over them; empty = the recipes' default (s3prl's seed 1337) []
-#   --jobs N              downstream seeds trained at the same time, each with its share of the cores [1; demo: 2]
-#   --methods "M1 M2"     with --demo: methods fine-tuned from the starting model, recipes/M/small.yaml [score]
+#   --jobs N              downstream seeds trained at the same time, each with its share of the cores [1; demo: 3]
+#   --methods "M1 M2"     with --demo: methods fine-tuned from the starting model, side by side,
+#                         recipes/M/small.yaml [score laser spin]
 #   --qbe-layer L         best (SUPERB protocol) | last (SCORE authors) | N [best]
 #   --demo-size SIZE      score-synth size of the demo corpus [demo]
 #   --spin-base PATH      the HuBERT checkpoint SPIN models started from (SPIN stores only its own weights);
@@ -55,8 +56,8 @@ device=auto        # cuda | cpu | auto
 asr_steps=         # ASR training updates; empty = config's
 pr_steps=          # PR training updates; empty = config's
 seeds=             # ASR/PR downstream seeds ("0 1 2"); empty = the recipes' default
-jobs=              # seeds trained at the same time; empty = 1 (2 for --demo)
-methods="score"    # --demo: fine-tuning methods trained from the starting model (recipes/METHOD/small.yaml)
+jobs=              # seeds trained at the same time; empty = 1 (3 for --demo)
+methods="score laser spin"  # --demo: methods fine-tuned from the starting model (recipes/METHOD/small.yaml)
 qbe_layer=best     # QbE layer protocol
 demo_size=demo     # score-synth size for --demo
 setup=true         # --demo: build/refresh .venv with score_setup_env first
@@ -146,9 +147,9 @@ run_demo() {
   lexicon="$data/librispeech-lexicon.txt"
   require_file "$init" "shipped pre-trained model" "make it with recipes/pretrain/run.sh (about 45 min on 2 cores)"
   [ -n "$seeds" ] || seeds="0 1 2"
-  # two seeds side by side, one core each: s3prl's runner over cached features is bound by one Python
-  # thread, so this nearly halves the downstream time on 2 cores
-  [ -n "$jobs" ] || jobs=2
+  # the three seeds side by side, one thread each: s3prl's runner over cached features is bound by one
+  # Python thread, so on 2 cores this takes about half the time of one run after the other
+  [ -n "$jobs" ] || jobs=3
   # ASR is left out by default: the demo's BLSTM needs more CPU minutes per run than the whole demo has
   # before its WER leaves 100 % (README); --tasks "asr pr qbe" adds it
   [ -n "$tasks" ] || tasks="pr qbe"
@@ -161,7 +162,7 @@ run_demo() {
   # s3prl's default PR learning rate (1e-2) rather than the SCORE authors' 5e-4: a few hundred updates
   # must show something on CPU
   pr_opts=(--batch-size 8 --lr 1e-2 --num-workers 0 -o "config.runner.gradient_accumulate_steps=1")
-  results_opts=(--no-reported --title "SUPERB demo: SCORE vs its starting HuBERT" \
+  results_opts=(--no-reported --title "SUPERB demo: SCORE, LASER and SPIN vs their starting HuBERT" \
     --banner "DEMO numbers: synthetic speech, a 3M-parameter HuBERT pre-trained on 3 h of it, CPU budgets; not HuBERT Base on LibriSpeech")
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
   # the upstream is frozen in every downstream run: compute each utterance's hidden states once per run
@@ -176,19 +177,20 @@ p = provenance(sys.argv[1])["pretrain"]
 print(f"  {p['steps']} HuBERT updates on {p['train_hours']:.2f} h of synthetic speech, {p['labels']['features']} "
       f"units (K={p['labels']['clusters']}); held-out masked accuracy {p['valid'].get('acc_m', float('nan')):.3f}")
 PY
-  local m names=() invariance=(--model "HuBERT=$init") trained=()
+  local m names=() invariance=(--model "HuBERT=$init") trained=() todo=()
   model="hubert:score_hubert:$init"
   for m in $methods; do
     require_file "recipes/$m/small.yaml" "small-model recipe of method '$m' (--methods)" "expected one of: score laser spin"
-    log "Stage 3: ${m^^} fine-tuning of the starting model: recipes/$m/small.yaml + $data -> $exproot/$m/score_hubert.pt"
-    [ -f "$exproot/$m/score_hubert.pt" ] || score-train "recipes/$m/small.yaml" --data "$data" --out "$exproot/$m" \
-      "model.init=$init" device=cpu || die "score-train failed for method '$m' (see above)"
+    [ -f "$exproot/$m/score_hubert.pt" ] || todo+=("$m")
     # every model through score_hubert (same hidden states as hubert_local for the same checkpoint; it has the cache)
     model+=$'\n'"$m:score_hubert:$exproot/$m/score_hubert.pt"
     invariance+=(--model "${m^^}=$exproot/$m/score_hubert.pt")
     trained+=("$exproot/$m")
     names+=("$m")
   done
+  log "Stage 3: fine-tuning of the starting model by ${names[*]}: recipes/METHOD/small.yaml + $data -> $exproot/METHOD/score_hubert.pt"
+  _train_method() { score-train "recipes/$1/small.yaml" --data "$data" --out "$exproot/$1" "model.init=$init" device=cpu; }
+  [ ${#todo[@]} -eq 0 ] || run_parallel "${#todo[@]}" "$exproot" train- _train_method "${todo[@]}"
   log "Stage 4: SUPERB $tasks (seeds $seeds) for the starting model and ${names[*]} -> $exproot/{hubert,${names[*]}}"
   run_models
   log "Stage 5: paired differences vs the starting model (seeds for PR, bootstrap over queries for QbE) -> $out/paired.{md,csv}"
@@ -202,8 +204,8 @@ PY
 
 ==========================================================================================
  DEMO NUMBERS ON SYNTHETIC SPEECH: a 3M-parameter HuBERT pre-trained by this project on 3 h of
- espeak-ng speech, SCORE fine-tuning scaled to it, CPU-sized downstream budgets. They show what
- SCORE does at this scale and how the tables are made; they are not HuBERT Base / LibriSpeech /
+ espeak-ng speech, SCORE / LASER / SPIN fine-tuning scaled to it, CPU-sized downstream budgets. They
+ show what the methods do at this scale and how the tables are made; they are not HuBERT Base / LibriSpeech /
  QUESST 2014 numbers.
 ==========================================================================================
 EOF

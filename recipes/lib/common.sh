@@ -151,39 +151,51 @@ seed_paths() {
   STAGE_PARENT="$dir"
 }
 
-# for_each_seed FN: runs FN once per downstream seed in $seeds (after seed_paths SEED), $jobs of them at a
-# time (default 1). With jobs > 1 each seed's output goes to $dir/seed<S>.out (a line says so) and each
-# run gets an equal share of OMP_NUM_THREADS (default: the core count); a frozen upstream and a small
-# head leave s3prl's runner bound by one Python thread, so two runs side by side on two cores take about
-# the time of one. Stops after all started runs ended if any failed, naming its output file.
-for_each_seed() {
-  local fn="$1" s n="${jobs:-1}" failed=
+# run_parallel N OUTDIR LABEL FN ITEM...: runs `FN ITEM` for each ITEM, N at a time, each in a subshell with
+# its output in OUTDIR/LABEL<ITEM>.out (a line says so) and an equal share of OMP_NUM_THREADS (default: the
+# core count; at least 1). A frozen upstream and a small head leave s3prl's runner bound by one Python
+# thread, so runs side by side on two cores take about the time of one. After every run ended, prints the
+# last "test KEY: VALUE" line of each and stops if any failed, naming its output file.
+run_parallel() {
+  local n="$1" outdir="$2" label="$3" fn="$4" item out failed=
+  shift 4
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "--jobs must be a positive integer, got '$n'"
-  if [ "$n" -eq 1 ]; then
+  local threads=$(( ${OMP_NUM_THREADS:-$(nproc)} / n ))
+  [ "$threads" -ge 1 ] || threads=1
+  mkdir -p "$outdir"
+  for item in "$@"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$n" ]; do wait -n || true; done
+    out="$outdir/$label$item.out"
+    log "$label $item: running in the background ($n at a time, $threads thread(s) each) -> $out"
+    rm -f "$out.rc"
+    ( ( export OMP_NUM_THREADS="$threads"; "$fn" "$item" ) >"$out" 2>&1; echo $? >"$out.rc" ) &
+  done
+  wait
+  for item in "$@"; do
+    out="$outdir/$label$item.out"
+    if [ "$(cat "$out.rc" 2>/dev/null || echo 1)" != 0 ]; then
+      log "$label $item failed: $(grep -v '^\s*$' "$out" | tail -n 1 | cut -c1-300)"
+      failed+=" $out"
+    else
+      log "$label $item: done$(grep -E '^test [a-z]+: ' "$out" | tail -n 1 | sed 's/^/, /')"
+    fi
+    rm -f "$out.rc"
+  done
+  [ -z "$failed" ] || die "runs failed; see$failed"
+}
+
+# for_each_seed FN: runs FN once per downstream seed in $seeds (after seed_paths SEED), $jobs of them at a
+# time (default 1; run_parallel, outputs in $dir/seed<S>.out when jobs > 1).
+for_each_seed() {
+  local fn="$1" s
+  if [ "${jobs:-1}" = 1 ]; then
     for s in $seeds; do seed_paths "$s"; "$fn"; done
     return 0
   fi
-  local threads=$(( ${OMP_NUM_THREADS:-$(nproc)} / n ))
-  [ "$threads" -ge 1 ] || threads=1
-  mkdir -p "$dir"
-  for s in $seeds; do
-    while [ "$(jobs -rp | wc -l)" -ge "$n" ]; do wait -n || true; done
-    log "seed $s: running in the background ($n at a time, $threads thread(s) each) -> $dir/seed$s.out"
-    rm -f "$dir/seed$s.out.rc"
-    ( ( seed_paths "$s"; export OMP_NUM_THREADS="$threads"; "$fn" ) >"$dir/seed$s.out" 2>&1
-      echo $? >"$dir/seed$s.out.rc" ) &
-  done
-  wait
-  for s in $seeds; do
-    if [ "$(cat "$dir/seed$s.out.rc" 2>/dev/null || echo 1)" != 0 ]; then
-      log "seed $s failed: $(grep -v '^\s*$' "$dir/seed$s.out" | tail -n 1 | cut -c1-300)"
-      failed+=" $dir/seed$s.out"
-    else
-      log "seed $s: $(grep -E '^test [a-z]+: ' "$dir/seed$s.out" | tail -n 1)"
-    fi
-    rm -f "$dir/seed$s.out.rc"
-  done
-  [ -z "$failed" ] || die "downstream runs failed; see$failed"
+  _SEED_FN="$fn"  # a global: run_parallel's own locals would shadow a local of this function
+  _seed_run() { seed_paths "$1"; "$_SEED_FN"; }
+  # shellcheck disable=SC2086
+  run_parallel "$jobs" "$dir" seed _seed_run $seeds
 }
 
 # abspath PATH: prints PATH made absolute (the file need not exist).
