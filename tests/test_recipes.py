@@ -464,9 +464,10 @@ def test_run_superb_demo_fills_every_cell(tmp_path):
     assert "DEMO NUMBERS ON SYNTHETIC SPEECH" in proc.stdout
     table = (REPO / "results" / "demo" / "superb.md").read_text()
     assert (REPO / "results" / "demo" / "superb.png").stat().st_size > 0
-    rows = [line for line in table.splitlines() if line.startswith("| HuBERT") or line.startswith("| SCORE")]
-    assert len(rows) == 2
+    rows = [line for line in table.splitlines() if line.startswith(("| HuBERT", "| SCORE", "| LASER", "| SPIN"))]
+    assert len(rows) == 4
     for row in rows:
         assert "missing" not in row and "| |" not in row
     paired = (REPO / "results" / "demo" / "paired.md").read_text()
-    assert "| SCORE | PER % |" in paired and "| SCORE | MTWV last layer |" in paired
+    for name in ("SCORE", "LASER", "SPIN"):
+        assert f"| {name} | PER % |" in paired and f"| {name} | MTWV last layer |" in paired
