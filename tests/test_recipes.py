@@ -311,9 +311,9 @@ def test_for_each_seed_runs_every_seed_side_by_side_and_names_failures(tmp_path)
     assert ok.returncode == 0, ok.stderr
     for s in range(3):
         assert (tmp_path / f"seed{s}" / "threads").read_text().strip() == "2"  # 4 threads shared by 2 jobs
-        assert f"seed {s}: done, test per: 0.{s}" in ok.stderr
+        assert f"seed{s}: done, test per: 0.{s}" in ok.stderr
     failed = _bash(script.replace('"${2-}"', '"1"'), "2")
-    assert failed.returncode == 2 and "seed 1 failed: boom in 1" in failed.stderr
+    assert failed.returncode == 2 and "seed1 failed: boom in 1" in failed.stderr
     assert f"see {tmp_path}/seed1.out" in failed.stderr.strip().splitlines()[-1]
     assert (tmp_path / "seed2" / "threads").is_file()  # the other runs still finished
     serial = _bash(script, "1")

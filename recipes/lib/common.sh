@@ -166,7 +166,7 @@ run_parallel() {
   for item in "$@"; do
     while [ "$(jobs -rp | wc -l)" -ge "$n" ]; do wait -n || true; done
     out="$outdir/$label$item.out"
-    log "$label $item: running in the background ($n at a time, $threads thread(s) each) -> $out"
+    log "$label$item: running in the background ($n at a time, $threads thread(s) each) -> $out"
     rm -f "$out.rc"
     ( ( export OMP_NUM_THREADS="$threads"; "$fn" "$item" ) >"$out" 2>&1; echo $? >"$out.rc" ) &
   done
@@ -174,10 +174,10 @@ run_parallel() {
   for item in "$@"; do
     out="$outdir/$label$item.out"
     if [ "$(cat "$out.rc" 2>/dev/null || echo 1)" != 0 ]; then
-      log "$label $item failed: $(grep -v '^\s*$' "$out" | tail -n 1 | cut -c1-300)"
+      log "$label$item failed: $(grep -v '^\s*$' "$out" | tail -n 1 | cut -c1-300)"
       failed+=" $out"
     else
-      log "$label $item: done$(grep -E '^test [a-z]+: ' "$out" | tail -n 1 | sed 's/^/, /')"
+      log "$label$item: done$(grep -E '^test [a-z]+: ' "$out" | tail -n 1 | sed 's/^/, /')"
     fi
     rm -f "$out.rc"
   done
