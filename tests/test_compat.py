@@ -1,4 +1,8 @@
-"""The s3prl compatibility layer: audio I/O, sox effects, removed hub classes, runner checkpoints."""
+"""The s3prl compatibility layer: audio I/O, sox effects, removed hub classes, runner checkpoints.
+
+Marked ``compat_env``: CI also runs these in the oldest supported environment (requirements-min.lock),
+where most shims are not needed and s3prl runs on the libraries' own code.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import soundfile as sf
 import torch
 
 from score_upstream.s3prl import compat
+
+pytestmark = pytest.mark.compat_env
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -27,25 +33,38 @@ def test_s3prl_imports():
     assert callable(s3prl.hub.hubert_local)
 
 
-def test_torchaudio_io_goes_through_soundfile(tmp_path):
-    import torchaudio
-
+def test_soundfile_io_stands_in_for_torchaudio(tmp_path):
     gen = torch.Generator().manual_seed(0)
     wav = (0.3 * torch.randn(2, 1600, generator=gen)).clamp(-1, 1)
     path = tmp_path / "a.flac"
-    torchaudio.save(str(path), wav, 16000)
-    info = torchaudio.info(str(path))
+    compat.save(str(path), wav, 16000)
+    info = compat.info(str(path))
     assert (info.sample_rate, info.num_frames, info.num_channels, info.bits_per_sample) == (16000, 1600, 2, 16)
-    back, sr = torchaudio.load(str(path))
+    back, sr = compat.load(str(path))
     ref, _ = sf.read(str(path), dtype="float32", always_2d=True)
     assert sr == 16000 and back.shape == (2, 1600) and torch.equal(back, torch.from_numpy(ref.T.copy()))
     assert (back - wav).abs().max() < 1e-4
-    part, _ = torchaudio.load(str(path), frame_offset=100, num_frames=50)
+    part, _ = compat.load(str(path), frame_offset=100, num_frames=50)
     assert torch.equal(part, back[:, 100:150])
 
 
+def test_torchaudio_io_reads_what_soundfile_reads(tmp_path):
+    """After apply(), s3prl's ``torchaudio.load`` works: torchaudio's own (< 2.9) or ours (2.9+)."""
+    import torchaudio
+
+    assert ("torchaudio.load/save/info" in compat.applied_shims()) == (torchaudio.load is compat.load)
+    gen = torch.Generator().manual_seed(0)
+    wav = (0.3 * torch.randn(1, 1600, generator=gen)).clamp(-1, 1)
+    path = tmp_path / "a.wav"
+    sf.write(str(path), wav[0].numpy(), 16000, subtype="PCM_16")
+    back, sr = torchaudio.load(str(path))
+    ref, _ = sf.read(str(path), dtype="float32", always_2d=True)
+    assert sr == 16000 and torch.equal(back, torch.from_numpy(ref.T.copy()))
+    assert torchaudio.info(str(path)).num_frames == 1600
+
+
 def test_sox_effects_subset(tmp_path):
-    from torchaudio.sox_effects import apply_effects_file, apply_effects_tensor
+    from score_upstream.s3prl.compat import apply_effects_file, apply_effects_tensor
 
     t = torch.linspace(0, 1, 8000)
     stereo = torch.stack([torch.sin(2 * math.pi * 440 * t), 0.5 * torch.sin(2 * math.pi * 440 * t)]) * 0.5
@@ -69,13 +88,29 @@ def test_sox_effects_subset(tmp_path):
         apply_effects_tensor(stereo, 8000, [["vad", "-T", "0.25"]])
 
 
-def test_removed_hub_classes_fail_only_when_used():
-    from huggingface_hub import HfFolder, Repository
+def test_sox_effects_of_the_qbe_dataset_run(tmp_path):
+    """s3prl's QUESST dataset calls ``apply_effects_file`` with channels, rate and gain: sox or ours."""
+    from torchaudio.sox_effects import apply_effects_file
 
+    t = torch.linspace(0, 1, 8000)
+    path = tmp_path / "q.wav"
+    sf.write(str(path), (0.5 * torch.sin(2 * math.pi * 440 * t)).numpy(), 8000, subtype="PCM_16")
+    out, sr = apply_effects_file(str(path), [["channels", "1"], ["rate", "16000"], ["gain", "-3.0"]])
+    assert sr == 16000 and out.shape == (1, 16000)
+    assert abs(out.abs().max().item() - 0.5 * 10 ** (-3 / 20)) < 0.01
+
+
+def test_removed_hub_classes_fail_only_when_used():
+    import huggingface_hub
+
+    for name in ("HfFolder", "Repository"):
+        assert hasattr(huggingface_hub, name)  # s3prl's runner imports both at module level
+        assert (f"huggingface_hub.{name}" in compat.applied_shims()) == isinstance(
+            getattr(huggingface_hub, name), compat._RemovedMeta)
     with pytest.raises(compat.CompatError, match="HfFolder was removed"):
-        HfFolder.get_token()
+        compat._removed("HfFolder").get_token()
     with pytest.raises(compat.CompatError, match="Repository was removed"):
-        Repository("x")
+        compat._removed("Repository")("x")
 
 
 def test_runner_checkpoints_load_weights_only(tmp_path):
@@ -116,3 +151,17 @@ def test_ctc_load_dataset_leaves_the_corpus_config_alone(monkeypatch):
     assert ctc_expert.load_dataset("dev", None, corpus) == 0
     assert ctc_expert.load_dataset("test", None, corpus) == 0  # s3prl alone would fall back to 12 here
     assert corpus == {"name": "libriphone", "num_workers": 0} and seen == [0, 0]
+
+
+def test_register_logs_the_applied_shims_in_one_debug_line():
+    """A fresh process: ``register()`` says once, at debug level, which shims this environment needed."""
+    import subprocess
+    import sys
+
+    code = ("import logging; logging.basicConfig(level=logging.DEBUG, format='%(name)s|%(message)s'); "
+            "import score_upstream; score_upstream.register(); score_upstream.register()")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    lines = [line for line in err.splitlines() if line.startswith("score_upstream.s3prl.compat|")]
+    assert len(lines) == 1, err
+    assert "s3prl compatibility layer (torch " in lines[0] and "): applied " in lines[0]
+    assert lines[0].endswith(", ".join(compat.applied_shims()) or "nothing")

@@ -1,13 +1,17 @@
-"""Make s3prl 0.4.18 import and run with torch/torchaudio 2.11 and huggingface_hub 1.x+, in-process.
+"""Make s3prl 0.4.x import and run with torch/torchaudio 2.4 to 2.11 and huggingface_hub 0.x to 1.x+, in-process.
 
 How to use (our entry points do this; call it yourself before importing s3prl in your own code)::
 
     import score_upstream.s3prl.compat as compat
     compat.apply()          # idempotent; then `import s3prl.hub` and s3prl's runner work
+    compat.applied_shims()  # what it had to patch in this environment
 
 Nothing installed is edited: attributes are set on the already-imported ``torchaudio`` and
 ``huggingface_hub`` modules, a ``torchaudio.sox_effects`` module is placed in ``sys.modules``, and
-``argparse.Namespace`` is added to torch's weights-only allowlist.
+``argparse.Namespace`` is added to torch's weights-only allowlist. Each shim is installed only where the
+installed libraries lack what s3prl uses ("Applied when", below the table), so in an older
+environment (torchaudio < 2.9 with a working sox, huggingface_hub < 1.0, torch < 2.6) s3prl runs on the
+libraries' own code. :func:`apply` logs one debug line naming the versions and the shims it applied.
 
 =====================================  ======================================================  ==================================================
 shim                                   s3prl code that needs it                               why
@@ -34,6 +38,13 @@ weights-only allowlist                 ``Runner.__init__`` (``init_ckpt``) load 
 ``num_workers`` without removing it                                                           corpus dict, so every later loader (dev, test,
                                                                                               evaluate) silently used 12 workers
 =====================================  ======================================================  ==================================================
+
+Applied when: ``set_audio_backend`` / ``get_audio_backend`` are absent; torchaudio I/O when
+``torchaudio.info`` is absent (torchaudio 2.9+; there ``load``/``save`` need torchcodec);
+``sox_effects`` when the module does not import or sox is not among ``torchaudio.list_audio_backends()``
+(torchaudio's PyPI wheels have not bundled libsox since 2.1, so its effects fail at call time without a
+system libsox); ``HfFolder``/``Repository`` when absent; the allowlist entry when ``torch.load`` is
+weights-only by default (torch 2.6+); the ``ctc`` fix whenever s3prl's ``load_dataset`` is unpatched.
 """
 
 from __future__ import annotations
@@ -50,7 +61,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_applied = False
+_applied: list[str] | None = None
 
 
 class CompatError(RuntimeError):
@@ -210,17 +221,18 @@ def _removed(name: str) -> type:
 
 
 # --------------------------------------------------------------------------- s3prl's ctc downstream
-def _patch_ctc_load_dataset() -> None:
+def _patch_ctc_load_dataset() -> bool:
     """Give ``ctc``'s ``load_dataset`` a copy of the corpus config, so its ``pop`` changes nothing.
 
     ``ctc/expert.py`` binds ``load_dataset`` with ``from .data import ...`` at import time, so the data
     module is patched before the expert is imported (and the expert too if it already was).
+    Returns False when it already was patched.
     """
     import s3prl.downstream.ctc.data as ctc_data
 
     original = ctc_data.load_dataset
     if getattr(original, "_score_copy_corpus", False):
-        return
+        return False
 
     def load_dataset(split, tokenizer, corpus):
         return original(split, tokenizer, dict(corpus))
@@ -230,6 +242,7 @@ def _patch_ctc_load_dataset() -> None:
     expert = sys.modules.get("s3prl.downstream.ctc.expert")
     if expert is not None:
         expert.load_dataset = load_dataset
+    return True
 
 
 # --------------------------------------------------------------------------- entry points
@@ -243,36 +256,85 @@ def default_device_args(argv: list[str]) -> list[str]:
     return list(argv) + ["--device", "cpu"]
 
 
-def apply() -> None:
-    """Install every shim in the table above (idempotent) and s3prl's missing SUPERB modules."""
+def _sox_works(torchaudio) -> bool:
+    """True when ``torchaudio.sox_effects`` imports and torchaudio found a libsox to run it."""
+    try:
+        import torchaudio.sox_effects  # noqa: F401  (removed in torchaudio 2.9)
+
+        return "sox" in torchaudio.list_audio_backends()
+    except (ImportError, AttributeError, RuntimeError, OSError):
+        return False
+
+
+def _weights_only_by_default() -> bool:
+    return torch.torch_version.TorchVersion(torch.__version__) >= (2, 6)
+
+
+def _install_sox_effects(torchaudio) -> None:
+    mod = types.ModuleType("torchaudio.sox_effects", "sox effects in torch, from score_upstream.s3prl.compat")
+    mod.apply_effects_tensor, mod.apply_effects_file = apply_effects_tensor, apply_effects_file
+    mod.effect_names = lambda: ["channels", "rate", "gain", "norm", "reverse", "pad", "trim"]
+    sys.modules["torchaudio.sox_effects"] = mod
+    torchaudio.sox_effects = mod
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in ("torch", "torchaudio", "s3prl", "huggingface_hub"):
+        try:
+            out.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            out.append(f"{name} ?")
+    return ", ".join(out)
+
+
+def apply() -> list[str]:
+    """Install the shims of the table above that this environment needs (idempotent) and s3prl's
+    missing SUPERB modules.
+
+    Returns:
+        The names of the shims applied (the same list on every call), see :func:`applied_shims`.
+    """
     global _applied
-    if _applied:
-        return
+    if _applied is not None:
+        return list(_applied)
     import huggingface_hub
     import torchaudio
 
+    shims = []
     if not hasattr(torchaudio, "set_audio_backend"):
         torchaudio.set_audio_backend = lambda backend=None: None
+        shims.append("torchaudio.set_audio_backend")
     if not hasattr(torchaudio, "get_audio_backend"):
         torchaudio.get_audio_backend = lambda: "soundfile"
-    # torchaudio.load/save exist in 2.9+ but need torchcodec; info is gone. Always route through soundfile.
-    torchaudio.load, torchaudio.save, torchaudio.info = load, save, info
-    try:
-        import torchaudio.sox_effects  # noqa: F401  (present in torchaudio < 2.9)
-    except ImportError:
-        mod = types.ModuleType("torchaudio.sox_effects", "sox effects in torch, from score_upstream.s3prl.compat")
-        mod.apply_effects_tensor, mod.apply_effects_file = apply_effects_tensor, apply_effects_file
-        mod.effect_names = lambda: ["channels", "rate", "gain", "norm", "reverse", "pad", "trim"]
-        sys.modules["torchaudio.sox_effects"] = mod
-        torchaudio.sox_effects = mod
+        shims.append("torchaudio.get_audio_backend")
+    if not hasattr(torchaudio, "info"):
+        # torchaudio 2.9+: info is gone and load/save need torchcodec; route all three through soundfile.
+        torchaudio.load, torchaudio.save, torchaudio.info = load, save, info
+        shims.append("torchaudio.load/save/info")
+    if not _sox_works(torchaudio):
+        _install_sox_effects(torchaudio)
+        shims.append("torchaudio.sox_effects")
     for name in ("HfFolder", "Repository"):
         if not hasattr(huggingface_hub, name):
             setattr(huggingface_hub, name, _removed(name))
-    torch.serialization.add_safe_globals([argparse.Namespace])
-    _patch_ctc_load_dataset()
+            shims.append(f"huggingface_hub.{name}")
+    if _weights_only_by_default():
+        torch.serialization.add_safe_globals([argparse.Namespace])
+        shims.append("weights-only argparse.Namespace")
+    if _patch_ctc_load_dataset():
+        shims.append("ctc load_dataset")
 
     from score_upstream.s3prl.superb import install_s3prl_modules
 
     install_s3prl_modules()
-    _applied = True
-    logger.debug("s3prl compatibility layer applied")
+    _applied = shims
+    logger.debug("s3prl compatibility layer (%s): applied %s", _versions(), ", ".join(shims) or "nothing")
+    return list(shims)
+
+
+def applied_shims() -> list[str]:
+    """The shims :func:`apply` installed in this process (empty before it ran)."""
+    return list(_applied or [])
