@@ -3,9 +3,11 @@
 #
 #   source recipes/lib/setup_env.sh && score_setup_env
 #
-# SCORE_VENV overrides the location (default: <repo>/.venv). The environment is rebuilt only when
-# pyproject.toml, requirements.lock or this script changed since the last successful set-up, so a second call
-# costs a fraction of a second.
+# SCORE_VENV overrides the location (default: <repo>/.venv). SCORE_LOCK picks the pinned set, a path
+# relative to the repository (default: requirements.lock, the set we test and run with;
+# requirements-min.lock is the oldest supported set, see README "Install into your own environment").
+# The environment is rebuilt only when pyproject.toml, the lock or this script changed since the last
+# successful set-up, so a second call costs a fraction of a second.
 
 score_repo_root() { cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd; }
 
@@ -22,26 +24,31 @@ score_setup_espeak() {
 }
 
 score_setup_env() {
-  local root venv py stamp want
+  local root venv py stamp want lock
   root="$(score_repo_root)"
   venv="${SCORE_VENV:-$root/.venv}"
+  lock="$root/${SCORE_LOCK:-requirements.lock}"
   py="${SCORE_PYTHON:-python3.11}"
   command -v "$py" >/dev/null 2>&1 || py=python3
-  want="$(cat "$root/pyproject.toml" "$root/requirements.lock" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
+  [ -f "$lock" ] || {
+    echo "[setup] SCORE_LOCK=${SCORE_LOCK:-} names no file ($lock); expected requirements.lock or requirements-min.lock" >&2
+    return 1
+  }
+  want="$(cat "$root/pyproject.toml" "$lock" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
   stamp="$venv/.score-setup-stamp"
   score_setup_espeak
   if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv"
     return 0
   fi
-  echo "[setup] building the environment in $venv (first run: about a minute)" >&2
+  echo "[setup] building the environment in $venv from $(basename "$lock") (first run: about a minute)" >&2
   "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || {
     echo "[setup] Python 3.11 is required, found $("$py" --version 2>&1) at $(command -v "$py"); set SCORE_PYTHON" >&2
     return 1
   }
   [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "uv==0.13.9"
-  "$venv/bin/uv" pip install -q --python "$venv/bin/python" -r "$root/requirements.lock"
+  "$venv/bin/uv" pip install -q --python "$venv/bin/python" -r "$lock"
   "$venv/bin/uv" pip install -q --python "$venv/bin/python" --no-deps -e "$root"
   # every module's .pyc written once here (about a minute): where PYTHONDONTWRITEBYTECODE is set, as on
   # many CI machines, Python would otherwise recompile thousands of modules in every process (~10 s per
