@@ -13,6 +13,11 @@ from score_upstream.models.formats import CheckpointError, Probe, pickle_strings
 from score_upstream.models.formats import spin
 from score_upstream.models.hubert import load_hubert, new_hubert, save_s3prl, tiny_model_cfg
 
+pytestmark = pytest.mark.compat_env  # also run in the oldest supported environment (README)
+
+SAFE_LOADING = hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint")
+needs_torch_2_6 = pytest.mark.skipif(not SAFE_LOADING, reason="safe SPIN loading needs torch >= 2.6")
+
 
 class FakeAttributeDict(dict):
     """Pickled under Lightning's name, to check that loading needs no Lightning."""
@@ -82,6 +87,7 @@ def spin_ckpt(tmp_path):
     return path, base_path, trained
 
 
+@needs_torch_2_6
 def test_converted_spin_gives_identical_outputs(spin_ckpt, tmp_path):
     path, base_path, trained = spin_ckpt
     assert "lightning" not in sys.modules  # loading must not need Lightning
@@ -114,6 +120,7 @@ def test_detection(spin_ckpt):
     assert not spin.detect(Probe(base_path, False, pickle_strings(base_path)))
 
 
+@needs_torch_2_6
 def test_base_from_hyper_parameters(tmp_path):
     base_path = save_s3prl(new_hubert(tiny_model_cfg(), seed=0), tmp_path / "base.pt")
     path, _ = make_spin(tmp_path, base_path, path_or_url=str(base_path))
@@ -121,12 +128,14 @@ def test_base_from_hyper_parameters(tmp_path):
     assert raw.source_format == "spin" and raw.extra["spin"]["base"] == str(base_path)
 
 
+@needs_torch_2_6
 def test_missing_base_is_a_clear_error(spin_ckpt):
     path, _, _ = spin_ckpt
     with pytest.raises(CheckpointError, match="stores weights only.*--base"):
         spin.read_spin(path)
 
 
+@needs_torch_2_6
 def test_wrong_base_is_refused(spin_ckpt, tmp_path):
     path, _, _ = spin_ckpt
     other = save_s3prl(new_hubert(tiny_model_cfg(encoder_embed_dim=32, encoder_ffn_embed_dim=64), seed=0),
@@ -135,6 +144,7 @@ def test_wrong_base_is_refused(spin_ckpt, tmp_path):
         spin.read_spin(path, base=other)
 
 
+@needs_torch_2_6
 def test_unsafe_globals_are_refused(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "pytorch-lightning_version": "2.0", "hyper_parameters": {"x": print}}, path)
@@ -144,6 +154,7 @@ def test_unsafe_globals_are_refused(tmp_path):
         spin.load_lightning(tmp_path / "nope.ckpt")
 
 
+@needs_torch_2_6
 def test_score_convert_cli_with_base(spin_ckpt, tmp_path, capsys):
     from score_upstream.models.convert import main
 
@@ -156,3 +167,10 @@ def test_score_convert_cli_with_base(spin_ckpt, tmp_path, capsys):
     # without --base the recorded hub URL cannot be used here: one line, exit 2
     assert main([str(path), str(tmp_path / "x.pt"), "--to", "s3prl"]) == 2
     assert "base" in capsys.readouterr().err.lower()
+
+
+@pytest.mark.skipif(SAFE_LOADING, reason="this torch reads SPIN checkpoints")
+def test_old_torch_refuses_spin_in_one_line(spin_ckpt):
+    path, _, _ = spin_ckpt
+    with pytest.raises(CheckpointError, match=r"needs torch >= 2\.6.*has torch 2\."):
+        spin.load_lightning(path)

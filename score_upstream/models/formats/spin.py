@@ -83,6 +83,11 @@ def load_lightning(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: SPIN checkpoint not found; expected a PyTorch-Lightning .ckpt file")
+    if not hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
+        raise CheckpointError(
+            f"{path}: reading a SPIN checkpoint safely needs torch >= 2.6 (get_unsafe_globals_in_checkpoint, "
+            f"named safe globals); this environment has torch {torch.__version__}: convert it where torch is newer"
+        )
     try:
         needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except (RuntimeError, OSError, EOFError, ValueError) as e:
