@@ -43,19 +43,28 @@ MAX_BLOCK = 2048  # longest diagonal chunk held in registers at once; longer dia
 def _interpreter_index_shim() -> None:
     """Let the interpreter use loaded scalars as ``range`` bounds under numpy >= 2.4.
 
-    Triton 3.6's interpreter holds scalars as 1-element arrays and converts them with ``int(array)``,
+    Triton's interpreter holds scalars as 1-element arrays and converts them with ``int(array)``,
     which numpy 2.4 rejects ("only 0-dimensional arrays can be converted"); the per-pair loop bounds
-    here are such scalars. Re-register ``__index__`` through ``.item()`` after the interpreter's own patch.
+    here are such scalars. Re-register ``__index__`` through ``.item()`` after the interpreter's own patch
+    (Triton 3.6 registers it through a ``scope`` argument, Triton 3.1 sets it on the class). Older numpy
+    needs nothing, so nothing is patched there.
     """
+    import numpy as np
     from triton.runtime import interpreter
 
     original = interpreter._patch_lang_tensor
-    if getattr(original, "_score_index_shim", False):
+    if getattr(original, "_score_index_shim", False) or np.lib.NumpyVersion(np.__version__) < "2.4.0":
         return
 
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+    def index(self):
+        return int(self.handle.data.reshape(-1)[0])
+
+    def patched(tensor, *scope):
+        original(tensor, *scope)
+        if scope:
+            scope[0].set_attr(tensor, "__index__", index)
+        else:
+            tensor.__index__ = index
 
     patched._score_index_shim = True
     interpreter._patch_lang_tensor = patched
