@@ -18,6 +18,8 @@ from score_upstream.models.formats import CheckpointError, detect_format
 from score_upstream.models.formats.hf import parse_conv_layers
 from score_upstream.models.hubert import load_hubert, new_hubert, save_hf, save_s3prl, tiny_model_cfg, to_raw
 
+pytestmark = pytest.mark.compat_env  # also run in the oldest supported environment (README)
+
 
 def perturbed(bundle, seed=1):
     """Randomise every parameter (LayerNorms too), so a swapped parameter name cannot go unnoticed."""

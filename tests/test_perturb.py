@@ -18,6 +18,8 @@ from score_upstream.augment.perturb import (
     speed_perturb,
 )
 
+pytestmark = pytest.mark.compat_env  # also run in the oldest supported environment (README)
+
 SR = 16000
 
 

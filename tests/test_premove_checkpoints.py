@@ -20,6 +20,8 @@ import pandas as pd
 import pytest
 import torch
 
+pytestmark = pytest.mark.compat_env  # also run in the oldest supported environment (README)
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "premove"
 

@@ -13,6 +13,8 @@ from score_upstream.qbe import quesst
 from score_upstream.qbe import stdlist
 from score_upstream.qbe import cpu as qbe_cpu
 
+pytestmark = pytest.mark.compat_env  # also run in the oldest supported environment (README)
+
 BACKENDS = ["torch"] + (["cpp"] if qbe_cpu.load() is not None else [])
 needs_cpp = pytest.mark.skipif(qbe_cpu.load() is None, reason="no C++ compiler: the QbE CPU kernel cannot be built")
 

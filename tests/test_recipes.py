@@ -112,6 +112,7 @@ def test_pr_and_qbe_configs_hold_the_protocol():
     assert qbe["feature_normalization"] is True and qbe["silence_frame"] is None
 
 
+@pytest.mark.compat_env
 def test_install_s3prl_modules_is_idempotent_and_serves_ctc_import():
     install_s3prl_modules()
     assert install_s3prl_modules() == []
@@ -121,6 +122,7 @@ def test_install_s3prl_modules_is_idempotent_and_serves_ctc_import():
     assert sys.modules["s3prl.downstream.ctc.corpus"].libriphone is libriphone
 
 
+@pytest.mark.compat_env
 def test_s3prl_ctc_builds_our_dataset(tmp_path):
     """s3prl's own ctc/data.py + text.py build the dataset from the resolved config; items batch."""
     compat = pytest.importorskip("score_upstream.s3prl.compat")

@@ -8,6 +8,8 @@ import torchaudio.functional as AF
 
 from score_upstream.augment.resample import SincResampler
 
+pytestmark = pytest.mark.compat_env  # also run in the oldest supported environment (README)
+
 
 F32, F64 = (torch.float32, 1e-6), (torch.float64, 1e-14)
 RATIOS = [(17959, 16000, *F32)]  # +2 semitones at 16 kHz: torchaudio's dense kernel takes seconds to build

@@ -11,6 +11,8 @@ import pytest
 from score_upstream.s3prl.cli import main
 from score_upstream.s3prl.superb.lengths import main as lengths_main
 
+pytestmark = pytest.mark.compat_env  # also run in the oldest supported environment (README)
+
 
 def one_line_error(capsys, *needles):
     err = capsys.readouterr().err

@@ -12,6 +12,8 @@ from score_upstream.sdtw import cpu as soft_dtw_cpu
 from sdtw_reference import naive_sdtw
 from score_upstream.sdtw.divergence import SoftDTWError, soft_dtw, soft_dtw_cost, soft_dtw_divergence
 
+pytestmark = pytest.mark.compat_env  # also run in the oldest supported environment (README)
+
 BACKENDS = ["torch"] + (["cpp"] if soft_dtw_cpu.load() is not None else [])
 
 

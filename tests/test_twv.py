@@ -9,6 +9,8 @@ import pytest
 
 from score_upstream.qbe import twv
 
+pytestmark = pytest.mark.compat_env  # also run in the oldest supported environment (README)
+
 BETA = (1 - 0.0741289) / 0.0741289  # 12.4900153...
 
 

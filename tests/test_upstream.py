@@ -9,6 +9,8 @@ import torch
 
 from score_upstream.models.hubert import load_hubert, new_hubert, save_hf, save_s3prl, tiny_model_cfg, tiny_task_cfg
 
+pytestmark = pytest.mark.compat_env  # also run in the oldest supported environment (README)
+
 ATOL = 1e-4
 LENGTHS = (16000, 11200, 7437)  # one second, and two shorter utterances padded in the same batch
 
