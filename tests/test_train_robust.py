@@ -25,7 +25,8 @@ FAST = ["perturb.pitch_method=fast", "progress=false"]
 PERTURB_FAILS, ENCODE_FAILS = 23_456, 21_234  # lengths (samples) of the two files the test makes fail
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.compat_env]  # compat_env: also run in the oldest supported environment (README)
 
 
 @pytest.fixture()

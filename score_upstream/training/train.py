@@ -118,7 +118,7 @@ def build_optimizer(params: list, o) -> torch.optim.Optimizer:
 
 
 def _out_of_memory(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e)
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e)  # torch.OutOfMemoryError is 2.5+
 
 
 def _rng_state() -> dict:
