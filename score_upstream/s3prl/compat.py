@@ -1,4 +1,4 @@
-"""Make s3prl 0.4.x import and run with torch/torchaudio 2.4 to 2.11 and huggingface_hub 0.x to 1.x+, in-process.
+"""Make s3prl 0.4.x import and run with torch/torchaudio 2.3 to 2.11 and huggingface_hub 0.x to 1.x+, in-process.
 
 How to use (our entry points do this; call it yourself before importing s3prl in your own code)::
 
