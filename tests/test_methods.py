@@ -18,6 +18,8 @@ from score_upstream.training.methods.laser import idm_regulariser
 from score_upstream.training.methods.spin import sinkhorn, swapped_prediction
 from score_upstream.training.model import select_trainable
 
+pytestmark = pytest.mark.compat_env  # also run in the oldest supported environment (README)
+
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 FAST = ["data.utterances_per_update=4", "progress=false"]
 

@@ -18,6 +18,8 @@ from score_upstream.models.formats import CheckpointError, detect_format
 from score_upstream.models.loader import load_model
 from score_upstream.models.wavlm import load_wavlm, new_wavlm, save_hf, save_s3prl, tiny_cfg
 
+pytestmark = pytest.mark.compat_env  # also run in the oldest supported environment (README)
+
 ATOL = 1e-4
 LENGTHS = (16000, 11200, 7437)  # one second and two shorter utterances padded in the same batch
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "score" / "wavlm_tiny.yaml"
