@@ -409,9 +409,10 @@ def build_table(rows: list[ModelResult]) -> list[dict]:
                 base = bases[("spin", row.family)] if kind == "spin" else bases[kind]
                 for metric in (*METRICS, LAST):
                     rec[f"rel_{REL_KEY[metric]}_vs_{kind}"] = compare(row, base, metric, kind)
-            rec["train_method"] = row.train_method or (empty if source == "reproduced" else NA)
-            rec["train_speech_h"] = row.train_speech_hours if row.train_speech_hours is not None else (
-                empty if source == "reproduced" else NA)
+            # a vanilla model was not fine-tuned: nothing is missing from its row
+            no_run = NA if source == "reported" or row.kind in ("hubert", "wavlm") else empty
+            rec["train_method"] = row.train_method or no_run
+            rec["train_speech_h"] = row.train_speech_hours if row.train_speech_hours is not None else no_run
             spin = bases[("spin", row.family)]
             spin_h = spin.train_speech_hours if spin is not None else None
             rec["train_speech_vs_spin"] = (row.train_speech_hours / spin_h if row.train_speech_hours is not None
