@@ -127,8 +127,12 @@ run_models() {
     name="${line%%:*}"; rest="${line#*:}"; upstream="${rest%%:*}"; ckpt="${rest#*:}"
     [ -n "$name" ] && [ -n "$upstream" ] && [ -n "$ckpt" ] && [ "$rest" != "$upstream" ] \
       || die "bad model '$line': expected NAME:UPSTREAM:CKPT"
-    log "model $name: $upstream $ckpt -> $exproot/$name"
-    evaluate_model "$name" "$upstream" "$ckpt"
+    if [[ " $EVALUATED " == *" $name "* ]]; then
+      log "model $name: evaluated above"
+    else
+      log "model $name: $upstream $ckpt -> $exproot/$name"
+      evaluate_model "$name" "$upstream" "$ckpt"
+    fi
     expdirs+=("$exproot/$name")
   done <<< "$model"
   log "table: ${expdirs[*]} -> $out"
@@ -192,8 +196,18 @@ PY
   done
   log "Stage 3: fine-tuning of the starting model by ${names[*]}: recipes/METHOD/small.yaml + $data -> $exproot/METHOD/score_hubert.pt"
   _train_method() { score-train "recipes/$1/small.yaml" --data "$data" --out "$exproot/$1" "model.init=$init" device=cpu; }
-  [ ${#todo[@]} -eq 0 ] || run_parallel "${#todo[@]}" "$exproot" train- _train_method "${todo[@]}"
-  log "Stage 4: SUPERB $tasks (seeds $seeds) for the starting model and ${names[*]} -> $exproot/{hubert,${names[*]}}"
+  # the starting model's evaluation does not wait for the fine-tuning: it fills the cores the methods leave
+  # idle (a method that finishes early frees its core while SCORE still trains)
+  local train_pid=
+  if [ ${#todo[@]} -gt 0 ]; then
+    run_parallel "${#todo[@]}" "$exproot" train- _train_method "${todo[@]}" &
+    train_pid=$!
+  fi
+  log "Stage 4: SUPERB $tasks (seeds $seeds) for the starting model while the methods train -> $exproot/hubert"
+  evaluate_model hubert score_hubert "$init"
+  EVALUATED+=" hubert"
+  [ -z "$train_pid" ] || wait "$train_pid" || die "fine-tuning failed (see above)"
+  log "Stage 4: SUPERB $tasks (seeds $seeds) for ${names[*]} -> $exproot/{${names[*]// /,}}"
   run_models
   log "Stage 5: paired differences vs the starting model (seeds for PR, bootstrap over queries for QbE) -> $out/paired.{md,csv}"
   "$(score_python)" -m score_upstream.report.paired "$exproot/hubert" "${trained[@]}" --out "$out" \
@@ -217,6 +231,7 @@ EOF
   log "demo finished in $(( SECONDS - start )) s: $out/superb.{md,csv,png}, $out/paired.{md,csv}, $out/invariance.{md,csv,png}"
 }
 
+EVALUATED=        # models already evaluated by run_demo, skipped by run_models
 asr_opts=()
 pr_opts=()
 results_opts=()
