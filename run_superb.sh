@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SUPERB ASR, PR and QbE for a list of upstreams, then the table of relative improvements.
 #
-#   ./run_superb.sh --demo        # synthetic corpus, the shipped small pre-trained HuBERT, SCORE, CPU: ~13-17 min
+#   ./run_superb.sh --demo        # synthetic corpus, the shipped small pre-trained HuBERT, SCORE, LASER and
+#                                 # SPIN, CPU: 17 min on 2 cores (--methods score: SCORE alone)
 #
 #   ./run_superb.sh --librispeech /data/LibriSpeech --quesst /data/quesst14Database \
 #       --lexicon /data/librispeech-lexicon.txt \
@@ -195,7 +196,10 @@ PY
     names+=("$m")
   done
   log "Stage 3: fine-tuning of the starting model by ${names[*]}: recipes/METHOD/small.yaml + $data -> $exproot/METHOD/score_hubert.pt"
-  _train_method() { score-train "recipes/$1/small.yaml" --data "$data" --out "$exproot/$1" "model.init=$init" device=cpu; }
+  # one thread per method whatever --methods holds: a method's numbers must not depend on which others run
+  _train_method() {
+    OMP_NUM_THREADS=1 score-train "recipes/$1/small.yaml" --data "$data" --out "$exproot/$1" "model.init=$init" device=cpu
+  }
   # the starting model's evaluation does not wait for the fine-tuning: it fills the cores the methods leave
   # idle (a method that finishes early frees its core while SCORE still trains)
   local train_pid=

@@ -235,6 +235,29 @@ def detect(p: Probe) -> bool:
     return p.is_dir and (p.path / "config.json").is_file()
 
 
+def read_renamed_state(path: Path, prefix: str, rename, extractor_mode: str, model: str, expects: str) -> dict:
+    """A transformers directory's weights under the original (fairseq / unilm) names, with the extra file merged.
+
+    Args:
+        prefix: the wrapper prefix a task model adds (``"hubert."``, ``"wavlm."``), dropped where present.
+        rename: ``(weights, extractor_mode) -> {transformers name: original name}``.
+        model, expects: for the error naming weights that are not ``model`` parameters.
+    """
+    weights = _read_weights(path)
+    if any(k.startswith(prefix) for k in weights):
+        weights = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    names = rename(weights, extractor_mode)
+    unknown = [k for k in weights if k not in names]
+    if unknown:
+        raise CheckpointError(f"{path}: weights {unknown[:3]} are not {model} parameters; expected {expects}")
+    state = {names[k]: v for k, v in weights.items()}
+    if (path / EXTRA_FILE).is_file():
+        from safetensors.torch import load_file
+
+        state.update(load_file(str(path / EXTRA_FILE)))
+    return state
+
+
 def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -271,18 +294,8 @@ def read(path: Path) -> RawHubert:
     else:
         model_cfg, task_cfg = fairseq_cfgs_from_hf(cfg)
         symbols = [None]
-    weights = _read_weights(path)
-    if any(k.startswith("hubert.") for k in weights):
-        weights = {k[len("hubert."):]: v for k, v in weights.items() if k.startswith("hubert.")}
-    names = hf_to_fairseq_names(weights, model_cfg.get("extractor_mode", "default"))
-    unknown = [k for k in weights if k not in names]
-    if unknown:
-        raise CheckpointError(f"{path}: weights {unknown[:3]} are not HubertModel parameters; expected {EXPECTS}")
-    state = {names[k]: v for k, v in weights.items()}
-    if (path / EXTRA_FILE).is_file():
-        from safetensors.torch import load_file
-
-        state.update(load_file(str(path / EXTRA_FILE)))
+    state = read_renamed_state(path, "hubert.", hf_to_fairseq_names, model_cfg.get("extractor_mode", "default"),
+                               "HubertModel", EXPECTS)
     return RawHubert(model_cfg, task_cfg, symbols, state, dict(cfg.get("score_extra", {})), NAME, path)
 
 

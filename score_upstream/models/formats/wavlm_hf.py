@@ -26,12 +26,10 @@ import os
 import re
 from pathlib import Path
 
-import torch
-
 from score_upstream.atomic import atomic_write_bytes
 from score_upstream.models.formats import CheckpointError, Probe
-from score_upstream.models.formats.hf import (EXTRA_FILE, _read_weights, fairseq_cfgs_from_hf, fairseq_to_hf_name,
-                                              hf_config_from_fairseq, hf_to_fairseq_names)
+from score_upstream.models.formats.hf import (EXTRA_FILE, fairseq_cfgs_from_hf, fairseq_to_hf_name,
+                                              hf_config_from_fairseq, hf_to_fairseq_names, read_renamed_state)
 from score_upstream.models.formats.wavlm_pt import RawWavLM
 
 logger = logging.getLogger(__name__)
@@ -123,18 +121,8 @@ def read(path: Path) -> RawWavLM:
         pre = path / "preprocessor_config.json"
         normalize = json.loads(pre.read_text()).get("do_normalize") if pre.is_file() else None
         wcfg = cfg_from_hf(cfg, normalize)
-    weights = _read_weights(path)
-    if any(k.startswith("wavlm.") for k in weights):
-        weights = {k[len("wavlm."):]: v for k, v in weights.items() if k.startswith("wavlm.")}
-    names = hf_to_wavlm_names(weights, wcfg.get("extractor_mode", "default"))
-    unknown = [k for k in weights if k not in names]
-    if unknown:
-        raise CheckpointError(f"{path}: weights {unknown[:3]} are not WavLMModel parameters; expected {EXPECTS}")
-    state = {names[k]: v for k, v in weights.items()}
-    if (path / EXTRA_FILE).is_file():
-        from safetensors.torch import load_file
-
-        state.update(load_file(str(path / EXTRA_FILE)))
+    state = read_renamed_state(path, "wavlm.", hf_to_wavlm_names, wcfg.get("extractor_mode", "default"),
+                               "WavLMModel", EXPECTS)
     return RawWavLM(wcfg, state, dict(cfg.get("score_extra", {})), NAME, path)
 
 
