@@ -301,7 +301,6 @@ def read(path: Path) -> RawHubert:
 
 def write(raw: RawHubert, directory: str | os.PathLike) -> Path:
     """Write ``raw`` as a transformers ``HubertModel`` directory, each file atomically."""
-    from safetensors.torch import save
     from transformers import HubertConfig
 
     directory = Path(directory)
@@ -325,13 +324,23 @@ def write(raw: RawHubert, directory: str | os.PathLike) -> Path:
     cfg.update(fairseq_model_cfg=raw.model_cfg, fairseq_task_cfg=raw.task_cfg, fairseq_symbols=raw.symbols)
     if raw.extra:
         cfg["score_extra"] = raw.extra
+    return write_directory(directory, hf_state, extra_state, cfg, int(raw.task_cfg.get("sample_rate", 16000)),
+                           bool(raw.task_cfg.get("normalize", False)), "HubertModel")
+
+
+def write_directory(directory: Path, hf_state: dict, extra_state: dict, cfg: dict, sample_rate: int,
+                    normalize: bool, model: str) -> Path:
+    """The files of a transformers model directory, each atomically: ``model.safetensors``, the extra
+    tensors transformers has no place for (or none), ``config.json`` and ``preprocessor_config.json``."""
+    from safetensors.torch import save
+
     preprocessor = {
         "feature_extractor_type": "Wav2Vec2FeatureExtractor",
         "feature_size": 1,
-        "sampling_rate": int(raw.task_cfg.get("sample_rate", 16000)),
+        "sampling_rate": sample_rate,
         "padding_value": 0.0,
         "padding_side": "right",
-        "do_normalize": bool(raw.task_cfg.get("normalize", False)),
+        "do_normalize": normalize,
         "return_attention_mask": True,
     }
     atomic_write_bytes(save(hf_state, metadata={"format": "pt"}), directory / "model.safetensors")
@@ -341,5 +350,5 @@ def write(raw: RawHubert, directory: str | os.PathLike) -> Path:
         (directory / EXTRA_FILE).unlink(missing_ok=True)
     atomic_write_bytes((json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode(), directory / "config.json")
     atomic_write_bytes((json.dumps(preprocessor, indent=2) + "\n").encode(), directory / "preprocessor_config.json")
-    logger.info("wrote transformers HubertModel %s (%d tensors + %d extra)", directory, len(hf_state), len(extra_state))
+    logger.info("wrote transformers %s %s (%d tensors + %d extra)", model, directory, len(hf_state), len(extra_state))
     return directory

@@ -26,10 +26,10 @@ import os
 import re
 from pathlib import Path
 
-from score_upstream.atomic import atomic_write_bytes
 from score_upstream.models.formats import CheckpointError, Probe
-from score_upstream.models.formats.hf import (EXTRA_FILE, fairseq_cfgs_from_hf, fairseq_to_hf_name,
-                                              hf_config_from_fairseq, hf_to_fairseq_names, read_renamed_state)
+from score_upstream.models.formats.hf import (fairseq_cfgs_from_hf, fairseq_to_hf_name,
+                                              hf_config_from_fairseq, hf_to_fairseq_names, read_renamed_state,
+                                              write_directory)
 from score_upstream.models.formats.wavlm_pt import RawWavLM
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,6 @@ def read(path: Path) -> RawWavLM:
 
 def write(raw: RawWavLM, directory: str | os.PathLike) -> Path:
     """Write ``raw`` as a transformers ``WavLMModel`` directory, each file atomically."""
-    from safetensors.torch import save
     from transformers import WavLMConfig
 
     directory = Path(directory)
@@ -155,17 +154,5 @@ def write(raw: RawWavLM, directory: str | os.PathLike) -> Path:
     cfg["wavlm_cfg"] = raw.cfg
     if raw.extra:
         cfg["score_extra"] = raw.extra
-    preprocessor = {
-        "feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1, "sampling_rate": 16000,
-        "padding_value": 0.0, "padding_side": "right", "do_normalize": bool(full_cfg(raw.cfg)["normalize"]),
-        "return_attention_mask": True,
-    }
-    atomic_write_bytes(save(hf_state, metadata={"format": "pt"}), directory / "model.safetensors")
-    if extra_state:
-        atomic_write_bytes(save(extra_state, metadata={"format": "pt"}), directory / EXTRA_FILE)
-    else:
-        (directory / EXTRA_FILE).unlink(missing_ok=True)
-    atomic_write_bytes((json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode(), directory / "config.json")
-    atomic_write_bytes((json.dumps(preprocessor, indent=2) + "\n").encode(), directory / "preprocessor_config.json")
-    logger.info("wrote transformers WavLMModel %s (%d tensors + %d extra)", directory, len(hf_state), len(extra_state))
-    return directory
+    return write_directory(directory, hf_state, extra_state, cfg, 16000, bool(full_cfg(raw.cfg)["normalize"]),
+                           "WavLMModel")
