@@ -14,8 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-import torch
-
 FORMAT_VERSION_KEY = "score_format_version"
 
 
@@ -47,6 +45,8 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj, path)`` that never leaves a partial file behind."""
+    import torch  # here, not at module level: the recipes' small helper processes write JSON without torch
+
     with _atomic_file(path) as f:
         torch.save(obj, f)
     return Path(path)

@@ -165,3 +165,36 @@ def test_register_logs_the_applied_shims_in_one_debug_line():
     assert len(lines) == 1, err
     assert "s3prl compatibility layer (torch " in lines[0] and "): applied " in lines[0]
     assert lines[0].endswith(", ".join(compat.applied_shims()) or "nothing")
+
+
+def test_hf_experts_load_transformers_only_when_used(tmp_path):
+    """``import s3prl.hub`` leaves transformers out; ``hf_hubert_custom`` still builds s3prl's own expert."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, torch
+import score_upstream
+score_upstream.register()
+import s3prl.hub as hub
+assert "transformers" not in sys.modules, "s3prl.hub imported transformers"
+from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+torch.manual_seed(0)
+HubertModel(HubertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                         conv_dim=(8, 8), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=4,
+                         num_conv_pos_embedding_groups=2)).save_pretrained({str(tmp_path)!r})
+Wav2Vec2FeatureExtractor().save_pretrained({str(tmp_path)!r})
+expert = hub.hf_hubert_custom({str(tmp_path)!r}).eval()
+real = sys.modules["s3prl.upstream.hf_hubert.expert"]
+assert type(expert) is real.UpstreamExpert and real.HubertModel is HubertModel
+wav = torch.randn(1600)
+with torch.no_grad():
+    hs = expert([wav])["hidden_states"]
+    ref = HubertModel.from_pretrained({str(tmp_path)!r}).eval()(((wav - wav.mean()) / (wav.var(unbiased=False) + 1e-7).sqrt())[None],
+                                                                  output_hidden_states=True).hidden_states
+assert len(hs) == len(ref) == 2 and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(hs, ref))
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+    assert "deferred hf_* experts" in compat.applied_shims()

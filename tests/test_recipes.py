@@ -460,16 +460,28 @@ def test_run_superb_rejects_bad_model_specs(tmp_path):
 
 @pytest.mark.slow
 def test_run_superb_demo_fills_every_cell(tmp_path):
-    """The README's main command, end to end (about 15 minutes on 2 CPU cores)."""
+    """The README's main command, end to end (about 12 minutes on 2 CPU cores): every PR and QbE cell of the
+    four rows is filled (ASR is off by default in the demo), the method rows say how much speech they
+    processed, and the paired-difference and invariance outputs exist; the per-model feature folders are gone."""
     proc = _run([REPO / "run_superb.sh", "--demo", "--setup", "false"], timeout=3600)  # pytest runs inside .venv
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "DEMO NUMBERS ON SYNTHETIC SPEECH" in proc.stdout
     table = (REPO / "results" / "demo" / "superb.md").read_text()
-    assert (REPO / "results" / "demo" / "superb.png").stat().st_size > 0
-    rows = [line for line in table.splitlines() if line.startswith(("| HuBERT", "| SCORE", "| LASER", "| SPIN"))]
-    assert len(rows) == 4
-    for row in rows:
-        assert "missing" not in row and "| |" not in row
+    for name in ("superb.png", "invariance.png", "invariance.md"):
+        assert (REPO / "results" / "demo" / name).stat().st_size > 0
+    lines = table.splitlines()
+    header = [c.strip() for c in next(line for line in lines if line.startswith("| Model |")).strip("|").split("|")]
+    rows = {cells[0]: dict(zip(header, cells)) for cells in (
+        [c.strip() for c in line.strip("|").split("|")] for line in lines
+        if line.startswith(("| HuBERT", "| SCORE", "| LASER", "| SPIN")))}
+    assert sorted(rows) == ["HuBERT", "LASER", "SCORE", "SPIN"]
+    for name, row in rows.items():
+        for column in ("PER % (PR)", "MTWV (QbE)", "QbE layer", "MTWV last layer", "PR vs HuBERT", "QbE vs HuBERT"):
+            assert row[column] not in ("", "missing"), (name, column, row[column])
+        assert row["PER % (PR)"].endswith("(n=3)")
+        if name != "HuBERT":
+            assert float(row["Speech h"]) > 0 and row["Method"] == name.lower()
+    assert not list((REPO / "exp" / "demo").glob("*/feature-cache"))
     paired = (REPO / "results" / "demo" / "paired.md").read_text()
     for name in ("SCORE", "LASER", "SPIN"):
         assert f"| {name} | PER % |" in paired and f"| {name} | MTWV last layer |" in paired

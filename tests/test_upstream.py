@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,6 +66,12 @@ def test_import_score_upstream_is_light():
     import subprocess
 
     code = "import sys, score_upstream; print(any(m.startswith('s3prl') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    # the recipes start these helpers for every model: each would spend ~2 s importing torch
+    helpers = ["score_upstream.atomic", "score_upstream.report.results", "score_upstream.s3prl.superb.qbe.protocol",
+               "score_upstream.s3prl.superb.qbe.prepare"]
+    code = f"import sys, importlib; [importlib.import_module(m) for m in {helpers!r}]; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -233,6 +240,78 @@ def test_feature_cache_is_bounded_lru():
     assert len(cache) == 3 and cache.bytes == 1200 and cache.evictions == 1
     cache.put(batch_key([torch.ones(1)]), [torch.zeros(301)])  # larger than the budget: not stored
     assert len(cache) == 3
+
+
+def test_disk_feature_cache_is_shared_and_exact(tiny_hubert_ckpt, wavs, tmp_path, monkeypatch):
+    """Two experts (two processes in a real run) on one folder: the second reads what the first computed,
+    bit for bit; another checkpoint gets its own folder; train mode or grad never touch it."""
+    from score_upstream.models.hubert import new_hubert, save_s3prl, tiny_model_cfg
+    from score_upstream.s3prl.upstream.expert import CACHE_DIR_ENV, UpstreamExpert
+
+    plain = UpstreamExpert(str(tiny_hubert_ckpt), cache_mb=0, cache_dir="").eval()
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "feats"))
+    first = UpstreamExpert(str(tiny_hubert_ckpt), cache_mb=0).eval()
+    second = UpstreamExpert(str(tiny_hubert_ckpt), cache_mb=64).eval()
+    assert plain.disk_cache is None and first.disk_cache.root == second.disk_cache.root
+    with torch.no_grad():
+        ref = plain(wavs)["hidden_states"]
+        a = first(wavs)["hidden_states"]
+        b = second([w.clone() for w in wavs])["hidden_states"]
+        second(wavs)  # now from its memory cache
+    assert (first.disk_cache.misses, first.disk_cache.hits) == (1, 0)
+    assert (second.disk_cache.misses, second.disk_cache.hits, second.cache.hits) == (0, 1, 1)
+    assert len(list(first.disk_cache.root.glob("*.pt"))) == 1
+    for x, y, z in zip(ref, a, b):
+        assert torch.equal(x, y) and torch.equal(x, z)
+    other_ckpt = tmp_path / "other.pt"
+    save_s3prl(new_hubert(tiny_model_cfg(), seed=1), other_ckpt)
+    assert UpstreamExpert(str(other_ckpt)).disk_cache.root != first.disk_cache.root
+    first(wavs)  # grad enabled
+    first.train()
+    with torch.no_grad():
+        first(wavs[:2])
+    assert (first.disk_cache.misses, first.disk_cache.hits) == (1, 0)
+
+
+def test_disk_feature_cache_computes_each_entry_once_across_processes(tmp_path):
+    """Four processes ask for the same entry at once: one computes it (under the entry's lock), all get it."""
+    import multiprocessing as mp
+
+    from score_upstream.s3prl.upstream.expert import DiskFeatureCache
+
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_ask_disk_cache, args=(str(tmp_path / "c"), str(tmp_path / "log"), n)) for n in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 4
+    computed = (tmp_path / "log").read_text().split()
+    assert len(computed) == 1, computed
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["0", "1", "2", "3"]
+    (tmp_path / "c" / (b"k" * 20).hex()).with_suffix(".pt").write_bytes(b"not a torch file")
+    cache = DiskFeatureCache(tmp_path / "c")
+    assert torch.equal(cache.get_or_compute(b"k" * 20, lambda: [torch.ones(2)])[0], torch.ones(2))
+    assert cache.misses == 1  # the unreadable entry was computed again and replaced
+    assert torch.equal(DiskFeatureCache(tmp_path / "c").get_or_compute(b"k" * 20, lambda: [])[0], torch.ones(2))
+
+
+def _ask_disk_cache(root: str, log: str, n: int) -> None:
+    import time
+
+    from score_upstream.s3prl.upstream.expert import DiskFeatureCache
+
+    def compute():
+        with open(log, "a") as f:
+            f.write(f"{n}\n")
+        time.sleep(0.5)
+        return [torch.arange(6.0).reshape(2, 3)]
+
+    out = DiskFeatureCache(root).get_or_compute(b"\x01" * 20, compute)
+    assert torch.equal(out[0], torch.arange(6.0).reshape(2, 3))
+    results = Path(root).parent / "results"
+    results.mkdir(exist_ok=True)
+    (results / str(n)).touch()
 
 
 def test_feature_cache_size_from_environment(monkeypatch):

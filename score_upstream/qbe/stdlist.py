@@ -23,7 +23,6 @@ from typing import Iterator, Sequence
 from xml.sax.saxutils import escape
 
 import numpy as np
-import torch
 
 from score_upstream.atomic import atomic_write_bytes
 
@@ -51,6 +50,8 @@ def write_stdlist(path, query_names: Sequence[str], doc_names: Sequence[str], sc
             fills them before any DTW result; its other entries follow worker completion order, which
             we fix to input order).
     """
+    import torch  # here: the TWV scorer and the recipes' helpers read stdlists without torch
+
     scores = torch.as_tensor(scores, dtype=torch.float64)
     if scores.shape != (len(query_names), len(doc_names)):
         raise StdlistError(f"{path}: scores have shape {tuple(scores.shape)}, expected ({len(query_names)}, {len(doc_names)})")

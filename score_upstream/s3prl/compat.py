@@ -37,6 +37,10 @@ weights-only allowlist                 ``Runner.__init__`` (``init_ckpt``) load 
 ``ctc.data.load_dataset`` reads        ``downstream/ctc/expert.py`` ``get_dataloader``         it ``pop``s ``num_workers`` from the expert's own
 ``num_workers`` without removing it                                                           corpus dict, so every later loader (dev, test,
                                                                                               evaluate) silently used 12 workers
+``hf_hubert`` / ``hf_wav2vec2``         ``s3prl.hub`` imports both experts, which import        ~3.5 s of every process that imports ``s3prl.hub``
+experts load on first use              ``transformers`` at module level                       (a SUPERB run starts dozens); the two upstreams
+                                                                                              work as before, ``transformers`` loads when one
+                                                                                              of them is built or an attribute is read
 =====================================  ======================================================  ==================================================
 
 Applied when: ``set_audio_backend`` / ``get_audio_backend`` are absent; torchaudio I/O when
@@ -44,12 +48,14 @@ Applied when: ``set_audio_backend`` / ``get_audio_backend`` are absent; torchaud
 ``sox_effects`` when the module does not import or sox is not among ``torchaudio.list_audio_backends()``
 (torchaudio's PyPI wheels have not bundled libsox since 2.1, so its effects fail at call time without a
 system libsox); ``HfFolder``/``Repository`` when absent; the allowlist entry when ``torch.load`` is
-weights-only by default (torch 2.6+); the ``ctc`` fix whenever s3prl's ``load_dataset`` is unpatched.
+weights-only by default (torch 2.6+); the ``ctc`` fix whenever s3prl's ``load_dataset`` is unpatched;
+the deferred ``hf_*`` experts when ``s3prl.hub`` has not been imported yet.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -245,6 +251,52 @@ def _patch_ctc_load_dataset() -> bool:
     return True
 
 
+# --------------------------------------------------------------------------- s3prl's transformers upstreams
+DEFERRED_EXPERTS = ("s3prl.upstream.hf_hubert.expert", "s3prl.upstream.hf_wav2vec2.expert")
+
+
+def _real_module(name: str) -> types.ModuleType:
+    """The real module ``name``, imported now if its placeholder is still in ``sys.modules``."""
+    mod = sys.modules.get(name)
+    if mod is None or getattr(mod, "_score_deferred", False):
+        sys.modules.pop(name, None)
+        mod = importlib.import_module(name)
+    return mod
+
+
+def _deferred_module(name: str) -> types.ModuleType:
+    """A placeholder for ``name`` whose ``UpstreamExpert`` and other attributes import the real module."""
+    mod = types.ModuleType(name, f"placeholder: {name} is imported on first use (score_upstream.s3prl.compat)")
+    mod._score_deferred = True
+
+    class UpstreamExpert:
+        """Builds the real module's ``UpstreamExpert`` (the module is imported then)."""
+
+        def __new__(cls, *args, **kwargs):
+            return _real_module(name).UpstreamExpert(*args, **kwargs)
+
+    def __getattr__(attr: str):
+        if attr.startswith("__"):  # the import system and inspect probe __path__, __file__...: not a use
+            raise AttributeError(attr)
+        return getattr(_real_module(name), attr)
+
+    mod.UpstreamExpert = UpstreamExpert
+    mod.__getattr__ = __getattr__
+    return mod
+
+
+def _defer_hf_experts() -> bool:
+    """Place the placeholders of :data:`DEFERRED_EXPERTS` before ``s3prl.hub`` imports them.
+
+    Returns False when ``s3prl.hub`` or an expert was already imported (nothing to gain then).
+    """
+    if "s3prl.hub" in sys.modules or any(n in sys.modules for n in DEFERRED_EXPERTS):
+        return False
+    for name in DEFERRED_EXPERTS:
+        sys.modules[name] = _deferred_module(name)
+    return True
+
+
 # --------------------------------------------------------------------------- entry points
 def default_device_args(argv: list[str]) -> list[str]:
     """``argv`` plus ``--device cpu`` when CUDA is absent and the user chose no device.
@@ -326,6 +378,8 @@ def apply() -> list[str]:
         shims.append("weights-only argparse.Namespace")
     if _patch_ctc_load_dataset():
         shims.append("ctc load_dataset")
+    if _defer_hf_experts():
+        shims.append("deferred hf_* experts")
 
     from score_upstream.s3prl.superb import install_s3prl_modules
 

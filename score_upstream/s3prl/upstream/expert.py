@@ -26,14 +26,26 @@ padded time axis, and padded frames are returned), so only a batch-level entry r
 the uncached forward returns. s3prl's ``asr`` and ``ctc`` downstreams bucket the training set into
 fixed batches (only their order is shuffled) and evaluate one utterance at a time, so batches recur.
 The budget counts memory on the features' device. Train mode or grad enabled: never used.
+
+Shared on disk (opt-in): with ``SCORE_UPSTREAM_CACHE_DIR=DIR``, the same batches are also kept as files
+under ``DIR/<model fingerprint>/``, so that the processes of one evaluation (the downstream seeds run
+side by side, the test run after training, QbE's dev and eval searches over the same documents) compute
+each batch once between them. The fingerprint hashes every weight and buffer of the network, its family
+and input normalisation, and the versions of this package, s3prl and torch; a process that misses takes
+a lock on the entry, so two processes never compute the same batch at once, and writes it atomically.
+Nothing is ever evicted: point it at a folder that belongs to one run and delete it afterwards (SUPERB
+HuBERT Base features of LibriSpeech train-clean-100 would take ~700 GB).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
 from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +59,7 @@ logger = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 DOWNSAMPLE_RATE = 320
 CACHE_ENV = "SCORE_UPSTREAM_CACHE_MB"
+CACHE_DIR_ENV = "SCORE_UPSTREAM_CACHE_DIR"
 
 
 def cache_megabytes_from_env() -> float:
@@ -113,6 +126,58 @@ class FeatureCache:
         self.bytes += size
 
 
+def model_fingerprint(model: torch.nn.Module, *context: str) -> str:
+    """Hex digest of every parameter and buffer of ``model`` (names, dtypes, shapes, bytes) and ``context``."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in context:
+        h.update(f"{part};".encode())
+    for name, t in model.state_dict().items():
+        t = t.detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)};".encode())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class DiskFeatureCache:
+    """Hidden states of batches as files ``ROOT/<key>.pt``, computed once by whichever process asks first.
+
+    Args:
+        root: folder of one model's entries (created).
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.hits = self.misses = 0
+
+    def _load(self, path: Path) -> list[torch.Tensor] | None:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            return None
+        except Exception as e:  # an unreadable entry is recomputed and replaced
+            logger.warning("%s: unreadable cached features (%s); computing them again", path, e)
+            return None
+
+    def get_or_compute(self, key: bytes, compute: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
+        """The stored tensors of ``key`` (on the CPU), or ``compute()``'s, stored first (under a lock)."""
+        from score_upstream.atomic import atomic_save
+
+        path = self.root / f"{key.hex()}.pt"
+        hidden = self._load(path)
+        if hidden is None:
+            with open(path.with_suffix(".lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+                hidden = self._load(path)  # written by another process while this one waited
+                if hidden is None:
+                    hidden = compute()
+                    atomic_save([h.detach().cpu() for h in hidden], path)
+                    self.misses += 1
+                    return hidden
+        self.hits += 1
+        return hidden
+
+
 class UpstreamExpert(UpstreamBase):
     """HuBERT or WavLM hidden states for s3prl's runner and ``S3PRLUpstream``.
 
@@ -120,10 +185,12 @@ class UpstreamExpert(UpstreamBase):
         ckpt: checkpoint path (s3prl converted ``.pt``, fairseq ``.pt``, WavLM ``.pt`` or transformers directory).
         family: ``"hubert"`` or ``"wavlm"``: the checkpoint must hold that family; None = either.
         cache_mb: frozen-feature cache size in MB (0 = off); None = ``$SCORE_UPSTREAM_CACHE_MB``.
+        cache_dir: folder of the frozen-feature cache shared on disk ("" = off); None = ``$SCORE_UPSTREAM_CACHE_DIR``.
         **kwargs: what s3prl passes to every upstream (``model_config``, ``refresh``...); ignored.
     """
 
-    def __init__(self, ckpt: str, cache_mb: float | None = None, family: str | None = None, **kwargs):
+    def __init__(self, ckpt: str, cache_mb: float | None = None, family: str | None = None,
+                 cache_dir: str | os.PathLike | None = None, **kwargs):
         super().__init__()
         bundle = load_model(ckpt, family=family)
         self.family = bundle.family
@@ -139,11 +206,22 @@ class UpstreamExpert(UpstreamBase):
             layer.register_forward_hook(self._capture_layer_input)
         self.model.encoder.register_forward_hook(self._capture_encoder_output)
         self.cache: FeatureCache | None = None
+        self.disk_cache: DiskFeatureCache | None = None
         self._startup_check()
         mb = cache_megabytes_from_env() if cache_mb is None else float(cache_mb)
         self.cache = FeatureCache(int(mb * 2**20)) if mb > 0 else None
         if self.cache is not None:
             logger.info("%s: frozen-feature cache on, up to %.0f MB (used in eval mode without grad)", self.source, mb)
+        cache_dir = os.environ.get(CACHE_DIR_ENV, "").strip() if cache_dir is None else os.fspath(cache_dir)
+        if cache_dir:
+            import s3prl
+            import score_upstream
+
+            fingerprint = model_fingerprint(self.model, self.family, f"normalize={self.normalize}",
+                                            f"score_upstream {score_upstream.__version__}",
+                                            f"s3prl {getattr(s3prl, '__version__', '?')}", f"torch {torch.__version__}")
+            self.disk_cache = DiskFeatureCache(Path(cache_dir) / fingerprint)
+            logger.info("%s: frozen-feature cache shared on disk in %s", self.source, self.disk_cache.root)
 
     def _capture_layer_input(self, module, inputs, output):
         self._captured.append(inputs[0].transpose(0, 1))  # layers run time-major (T, B, D)
@@ -170,15 +248,20 @@ class UpstreamExpert(UpstreamBase):
 
     def forward(self, wavs: list[torch.Tensor]) -> dict:
         """Args: wavs: list of 1-D float waveforms at 16 kHz. Returns ``{"hidden_states": [(B, T, D)] * (L+1), ...}``."""
-        key = None
-        if self.cache is not None and not (self.training or self.model.training or torch.is_grad_enabled()):
-            key = batch_key(wavs)
-            hiddens = self.cache.get(key)
-            if hiddens is not None:
-                return {"hidden_states": hiddens, "last_hidden_state": hiddens[-1]}
-        hiddens = self._hidden_states(wavs)
-        if key is not None:
-            self.cache.put(key, hiddens)
+        frozen = not (self.training or self.model.training or torch.is_grad_enabled())
+        if not frozen or (self.cache is None and self.disk_cache is None):
+            hiddens = self._hidden_states(wavs)
+            return {"hidden_states": hiddens, "last_hidden_state": hiddens[-1]}
+        key = batch_key(wavs)
+        hiddens = self.cache.get(key) if self.cache is not None else None
+        if hiddens is None:
+            if self.disk_cache is not None:
+                device = wavs[0].device
+                hiddens = [h.to(device) for h in self.disk_cache.get_or_compute(key, lambda: self._hidden_states(wavs))]
+            else:
+                hiddens = self._hidden_states(wavs)
+            if self.cache is not None:
+                self.cache.put(key, hiddens)
         return {"hidden_states": hiddens, "last_hidden_state": hiddens[-1]}
 
     def _hidden_states(self, wavs: list[torch.Tensor]) -> list[torch.Tensor]:
