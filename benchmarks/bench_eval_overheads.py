@@ -34,9 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CKPT = REPO / "score_upstream" / "pretrained" / "hubert_small_synth.pt"
 
 IMPORT_HUB = "import score_upstream; score_upstream.register(); import s3prl.hub"
-IMPORT_HUB_EAGER = ("from score_upstream.s3prl import compat; compat.apply(); "
-                    "import s3prl.upstream.hf_hubert.expert, s3prl.upstream.hf_wav2vec2.expert; "
-                    "import score_upstream; score_upstream.register(); import s3prl.hub")
+IMPORT_HUB_EAGER = ("import s3prl.upstream.hf_hubert.expert, s3prl.upstream.hf_wav2vec2.expert; "
+                    "import score_upstream; score_upstream.register(); import s3prl.hub")  # nothing left to defer
 EXTRACT = """
 import sys, torch
 from score_upstream.s3prl.upstream.expert import UpstreamExpert
