@@ -206,12 +206,14 @@ PY
   # that finishes early is evaluated while SCORE still trains); the starting model is evaluated meanwhile.
   # Evaluations run at a lower CPU priority than fine-tuning: the longest fine-tuning, then its own
   # evaluation, is the demo's critical path, and the evaluations fill whatever core the training leaves.
+  # lower_priority: this subshell and what it starts run at nice 10 (below the fine-tuning)
+  lower_priority() { renice -n 10 -p "$BASHPID" >/dev/null || true; }
   _train_and_evaluate() {
     [ -f "$exproot/$1/score_hubert.pt" ] \
       || score-train "recipes/$1/small.yaml" --data "$data" --out "$exproot/$1" "model.init=$init" device=cpu \
       || die "fine-tuning by $1 failed (see above)"
     log "Stage 4: SUPERB $tasks (seeds $seeds) for $1 -> $exproot/$1"
-    renice -n 10 -p "$BASHPID" >/dev/null || true
+    lower_priority
     evaluate_model "$1" score_hubert "$exproot/$1/score_hubert.pt"
   }
   local pipelines_pid=
@@ -229,7 +231,7 @@ PY
         sleep 5
       done
     done
-    renice -n 10 -p "$BASHPID" >/dev/null || true
+    lower_priority
     score-invariance "${invariance[@]}" --split "$librispeech/test-clean" --out "$out" --banner "DEMO numbers on synthetic speech"
   }
   log "Stage 6: invariance to speed and pitch per layer on $librispeech/test-clean once every model is trained -> $out/invariance.{md,csv,png} (log: $exproot/invariance.out)"
@@ -237,7 +239,7 @@ PY
   _invariance_once_trained > "$exproot/invariance.out" 2>&1 &
   local invariance_pid=$!
   log "Stage 4: SUPERB $tasks (seeds $seeds) for the starting model while the methods train -> $exproot/hubert"
-  ( renice -n 10 -p "$BASHPID" >/dev/null || true; evaluate_model hubert score_hubert "$init" ) \
+  ( lower_priority; evaluate_model hubert score_hubert "$init" ) \
     || die "evaluation of the starting model failed (see above)"
   [ -z "$pipelines_pid" ] || wait "$pipelines_pid" || die "fine-tuning or evaluation of a method failed (see above)"
   EVALUATED+=" hubert ${names[*]}"

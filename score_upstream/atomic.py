@@ -18,8 +18,9 @@ FORMAT_VERSION_KEY = "score_format_version"
 
 
 @contextlib.contextmanager
-def _atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Yield a temp file beside ``path``; on success fsync it, give it the umask's mode, rename it over."""
+def _atomic_file(path: str | os.PathLike, durable: bool = True) -> Iterator[BinaryIO]:
+    """Yield a temp file beside ``path``; on success fsync it (``durable``), give it the umask's mode, rename
+    it over (then fsync the directory, ``durable``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -27,13 +28,15 @@ def _atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
@@ -43,11 +46,15 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` that never leaves a partial file behind."""
+def atomic_save(obj: Any, path: str | os.PathLike, durable: bool = True) -> Path:
+    """``torch.save(obj, path)`` that never leaves a partial file behind.
+
+    ``durable=False`` skips the fsyncs: still never partial, but a crash of the machine (not of the
+    process) may lose the file; for caches, whose entries can be recomputed.
+    """
     import torch  # here, not at module level: the recipes' small helper processes write JSON without torch
 
-    with _atomic_file(path) as f:
+    with _atomic_file(path, durable) as f:
         torch.save(obj, f)
     return Path(path)
 

@@ -171,7 +171,8 @@ class DiskFeatureCache:
                 hidden = self._load(path)  # written by another process while this one waited
                 if hidden is None:
                     hidden = compute()
-                    atomic_save([h.detach().cpu() for h in hidden], path)
+                    # no fsync: an entry lost to a crash is recomputed, so durability would only cost time
+                    atomic_save([h.detach().cpu() for h in hidden], path, durable=False)
                     self.misses += 1
                     return hidden
         self.hits += 1
@@ -249,18 +250,15 @@ class UpstreamExpert(UpstreamBase):
     def forward(self, wavs: list[torch.Tensor]) -> dict:
         """Args: wavs: list of 1-D float waveforms at 16 kHz. Returns ``{"hidden_states": [(B, T, D)] * (L+1), ...}``."""
         frozen = not (self.training or self.model.training or torch.is_grad_enabled())
-        if not frozen or (self.cache is None and self.disk_cache is None):
-            hiddens = self._hidden_states(wavs)
-            return {"hidden_states": hiddens, "last_hidden_state": hiddens[-1]}
-        key = batch_key(wavs)
-        hiddens = self.cache.get(key) if self.cache is not None else None
+        key = batch_key(wavs) if frozen and (self.cache is not None or self.disk_cache is not None) else None
+        hiddens = self.cache.get(key) if key is not None and self.cache is not None else None
         if hiddens is None:
-            if self.disk_cache is not None:
-                device = wavs[0].device
-                hiddens = [h.to(device) for h in self.disk_cache.get_or_compute(key, lambda: self._hidden_states(wavs))]
+            if key is not None and self.disk_cache is not None:
+                stored = self.disk_cache.get_or_compute(key, lambda: self._hidden_states(wavs))
+                hiddens = [h.to(wavs[0].device) for h in stored]
             else:
                 hiddens = self._hidden_states(wavs)
-            if self.cache is not None:
+            if key is not None and self.cache is not None:
                 self.cache.put(key, hiddens)
         return {"hidden_states": hiddens, "last_hidden_state": hiddens[-1]}
 
