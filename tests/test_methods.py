@@ -338,15 +338,17 @@ def test_results_table_carries_method_and_processed_speech(tmp_path):
         return results.read_experiment(d)
 
     rows = [experiment("SCORE", "score", {"score": {"method": "SCORE soft-DTW correspondence fine-tuning",
-                                                    "method_name": "score", "processed_speech_hours": 101.0}}),
-            experiment("SPIN", "spin", {"score": {"method_name": "spin", "processed_speech_hours": 711.0}}),
+                                                    "method_name": "score", "input_speech_hours": 101.0,
+                                                    "processed_speech_hours": 101.0}}),
+            experiment("SPIN", "spin", {"score": {"method_name": "spin", "input_speech_hours": 356.0,
+                                                  "processed_speech_hours": 711.0}}),
             experiment("old", "score", {"score": {"method": "SCORE soft-DTW correspondence fine-tuning"}}),
             experiment("converted", "other", {"spin": {"source": "spin.ckpt"}})]
     table = {r["model"]: r for r in results.build_table(rows)}
     assert table["SCORE"]["train_method"] == "score" and table["SCORE"]["train_speech_h"] == 101.0
-    assert table["SCORE"]["train_speech_vs_spin"] == pytest.approx(101.0 / 711.0)
+    assert table["SCORE"]["train_speech_vs_spin"] == pytest.approx(101.0 / 356.0)
     assert table["old"]["train_method"] == "score" and table["old"]["train_speech_h"] == results.MISSING
     assert table["converted"]["train_method"] == "spin (converted)"
     md = markdown(list(table.values()), [], "t")
-    assert "| Method | Speech h | Speech vs SPIN | Checkpoint |" in md
-    assert "| score | 101.00 | 0.14x |" in md
+    assert "| Method | Speech h | Speech vs SPIN | View h through model | Checkpoint |" in md
+    assert "| score | 101.00 | 0.28x | 101.00 |" in md

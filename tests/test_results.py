@@ -208,3 +208,43 @@ def test_error_bars_follow_the_table():
     rec = {"wer": 42.0, "wer_sd": 2.0, "per": 45.0, "per_sd": "n/a", "mtwv": 0.42, "mtwv_low": 0.33, "mtwv_high": 0.52}
     assert error_bar(rec, "wer") == (2.0, 2.0) and error_bar(rec, "per") == (0.0, 0.0)
     assert error_bar(rec, "mtwv") == (pytest.approx(0.09), pytest.approx(0.10))
+
+
+def test_speech_hours_follow_the_papers_accounting(tmp_path):
+    """"Speech h" is the input audio drawn (the paper's SCORE ~101 h vs SPIN ~356 h, 0.28x); the views through
+    the model are their own column; a checkpoint that does not record the input audio shows it missing."""
+    import torch
+
+    def trained(name, kind, info):
+        d = make_expdir(tmp_path, name, kind, per=0.05)
+        torch.save(info, tmp_path / f"{name}.pt")
+        meta = json.loads((d / "model.json").read_text())
+        (d / "model.json").write_text(json.dumps({**meta, "ckpt": str(tmp_path / f"{name}.pt")}))
+        return d
+
+    dirs = [make_expdir(tmp_path, "HuBERT", "hubert", per=0.06),
+            trained("SCORE", "score", {"score": {"method_name": "score", "input_speech_hours": 101.0,
+                                                 "view_speech_hours": 101.0, "processed_speech_hours": 101.0}}),
+            trained("SPIN", "spin", {"score": {"method_name": "spin", "input_speech_hours": 356.0,
+                                               "view_speech_hours": 711.0, "processed_speech_hours": 711.0}}),
+            trained("old", "score", {"score": {"method_name": "score", "processed_speech_hours": 99.0}})]
+    assert results.read_training(tmp_path / "SPIN.pt") == ("spin", 356.0, 711.0)
+    assert results.read_training(tmp_path / "old.pt") == ("score", None, 99.0)  # views never stand in for input
+    assert results.read_training(None) == (None, None, None)
+    table = {r["model"]: r for r in results.build_table([results.read_experiment(d) for d in dirs])}
+    assert (table["SCORE"]["train_speech_h"], table["SCORE"]["train_view_speech_h"]) == (101.0, 101.0)
+    assert table["SCORE"]["train_speech_vs_spin"] == pytest.approx(101.0 / 356.0)
+    assert (table["old"]["train_speech_h"], table["old"]["train_speech_vs_spin"]) == ("missing", "n/a")
+    assert table["old"]["train_view_speech_h"] == 99.0
+    assert (table["HuBERT"]["train_speech_h"], table["HuBERT"]["train_view_speech_h"]) == ("n/a", "n/a")
+
+    out = tmp_path / "out"
+    assert results.main([str(d) for d in dirs] + ["--out", str(out), "--no-reported"]) == 0
+    md = (out / "superb.md").read_text()
+    assert "| Method | Speech h | Speech vs SPIN | View h through model | Checkpoint |" in md
+    assert "| score | 101.00 | 0.28x | 101.00 |" in md and "| spin | 356.00 | 1.00x | 711.00 |" in md
+    assert "| score | missing | n/a | 99.00 |" in md
+    assert "Speech h counts the input audio drawn for the fine-tuning updates, as the SCORE paper does" in md
+    csv = pd.read_csv(out / "superb.csv", comment="#").set_index("model")
+    assert float(csv.loc["SCORE", "train_speech_h"]) == 101.0 and float(csv.loc["SPIN", "train_view_speech_h"]) == 711.0
+    assert csv.loc["old", "train_speech_h"] == "missing"

@@ -50,7 +50,7 @@ def package(src: str | Path, dst: str | Path, recipe: str) -> Path:
     The ``package`` entry records the recipe command, the source file's SHA-256, the time and the
     ``score-upstream`` commit; ``pretrain`` (written by ``score-pretrain``) is kept as it is.
     """
-    from score_upstream.atomic import atomic_save
+    from score_upstream.atomic import atomic_save, atomic_write_bytes
     from score_upstream.report.results import provenance as run_provenance
 
     src, dst = Path(src), Path(dst)
@@ -65,7 +65,8 @@ def package(src: str | Path, dst: str | Path, recipe: str) -> Path:
     atomic_save(state, dst)
     summary = {k: state[k] for k in ("pretrain", "package")}
     summary["pretrain"] = {k: v for k, v in summary["pretrain"].items() if k != "config"}
-    dst.with_suffix(".json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
+    text = json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n"
+    atomic_write_bytes(text.encode(), dst.with_suffix(".json"))
     return dst
 
 

@@ -36,9 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from score_upstream.report.render import markdown_table, provenance_block, write_csv, write_text
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["InvarianceError", "Probe", "dtw_mean_distance", "make_probe", "measure", "summarise", "main"]
+__all__ = ["InvarianceError", "Probe", "dtw_mean_distance", "make_probe", "measure", "summarise", "write_report", "main"]
 
 
 class InvarianceError(ValueError):
@@ -252,10 +254,9 @@ def markdown(rows: list[dict], header: list[str], title: str, setting: str) -> s
     models = list(dict.fromkeys(r["model"] for r in rows))
     layers = sorted({r["layer"] for r in rows})
     cell = {(r["model"], r["layer"]): f"{r['ratio']:.3f} [{r['ratio_lo']:.3f}, {r['ratio_hi']:.3f}]" for r in rows}
-    out = [f"# {title}", "", *(f"> {h}  " for h in header), "", setting, "",
-           "| layer | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
-    for layer in layers:
-        out.append(f"| {layer} | " + " | ".join(cell.get((m, layer), "n/a") for m in models) + " |")
+    out = provenance_block(title, header) + [setting, ""]
+    table = [[layer] + [cell.get((m, layer), "n/a") for m in models] for layer in layers]
+    out += markdown_table(["layer", *models], table)
     out += ["", "ratio = mean DTW cosine distance to perturbed views / mean distance to other utterances, "
             "[95% bootstrap interval over utterances]; lower = more invariant. Layer 0 = input of the first "
             "transformer layer, the last = encoder output.", ""]
@@ -290,6 +291,13 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     return path
 
 
+def write_report(rows: list[dict], out: Path, header: list[str], title: str, setting: str) -> Path:
+    """``out/invariance.{csv,md,png}`` of :func:`table_rows`'s rows; returns the Markdown file."""
+    write_csv(rows, out / "invariance.csv", header)
+    plot(rows, out / "invariance.png", title)
+    return write_text(markdown(rows, header, title, setting), out / "invariance.md")
+
+
 def parse_model(spec: str) -> tuple[str, Path]:
     """``NAME=CKPT`` -> (name, path); the checkpoint must exist."""
     name, sep, ckpt = spec.partition("=")
@@ -319,7 +327,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from score_upstream.augment.perturb import ScorePerturbation
-    from score_upstream.report.render import write_csv
     from score_upstream.report.results import provenance
     from score_upstream.s3prl.upstream.expert import UpstreamExpert
 
@@ -351,14 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                f"(speed 0.9/1.1, then +/-2 semitones, {args.pitch_method} pitch shift) and {args.references} other "
                f"utterances with a different transcript; {args.bootstrap} bootstrap resamples.")
     title = f"{args.title} ({args.banner})" if args.banner else args.title
-    rows = table_rows(results, len(probe.ids))
-    out = Path(args.out)
-    from score_upstream.atomic import atomic_write_bytes
-
-    write_csv(rows, out / "invariance.csv", header)
-    atomic_write_bytes(markdown(rows, header, title, setting).encode(), out / "invariance.md")
-    plot(rows, out / "invariance.png", title)
-    print((out / "invariance.md").read_text())
+    md = write_report(table_rows(results, len(probe.ids)), Path(args.out), header, title, setting)
+    print(md.read_text())
     return 0
 
 

@@ -39,10 +39,14 @@ layer's MTWV beside the reported one (``mtwv_last``, ``qbe_last_layer``). The la
 is ever estimated. ``model.json`` absent: the folder name is the model name and its kind is ``other``.
 
 How each model was trained comes from its checkpoint (``ckpt`` of ``model.json``, a ``score-train`` output):
-``train_method`` (score, laser, spin) and ``train_speech_h``, the hours of speech that went through the
-trainable model (SCORE: the student's view of each utterance; LASER and SPIN: both views), with
-``train_speech_vs_spin`` the ratio to the reproduced SPIN row's hours. A checkpoint converted from SPIN's
-release says ``spin (converted)`` and its hours are missing: nothing is estimated.
+``train_method`` (score, laser, spin); ``train_speech_h``, the input audio drawn for the updates in hours
+(the checkpoint's ``input_speech_hours``: the SCORE paper's accounting, SCORE 3,600 x 8 utterances ~101 h
+vs SPIN 5,000 x 256 s ~356 h), with ``train_speech_vs_spin`` the ratio to the reproduced SPIN row's; and
+``train_view_speech_h``, the audio of the views that went through the trainable model (``view_speech_hours``,
+``processed_speech_hours`` in older checkpoints; SCORE: the student's view, LASER and SPIN: both views).
+A checkpoint from before ``input_speech_hours`` existed has ``train_speech_h`` missing (its view hours are
+a different quantity and never stand in for it); one converted from SPIN's release says ``spin (converted)``
+with both hours missing: nothing is estimated.
 
 Published numbers come from ``results/reported.csv`` (``--reported``), one row per (model, source), with
 absolute metrics and/or the relative figures a paper quotes. Relative improvement (SPEC §2):
@@ -71,6 +75,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 logger = logging.getLogger(__name__)
 
@@ -125,29 +130,47 @@ class ModelResult:
     citation: str = ""
     notes: list[str] = field(default_factory=list)
     train_method: str | None = None  # from the checkpoint's provenance (score-train)
-    train_speech_hours: float | None = None  # speech through the trainable model during training
+    train_input_speech_hours: float | None = None  # input audio drawn for the updates (the paper's accounting)
+    train_view_speech_hours: float | None = None  # audio of the views through the trainable model
 
 
-def read_training(ckpt: str | Path | None) -> tuple[str | None, float | None]:
-    """``(method, processed speech in hours)`` recorded in a checkpoint by ``score-train``; None where the
-    checkpoint is absent or does not say (SCORE checkpoints from before methods existed: ``score``, hours None)."""
+class Training(NamedTuple):
+    """What a checkpoint says about its fine-tuning; None where it does not say."""
+
+    method: str | None = None
+    input_speech_hours: float | None = None  # input audio drawn for the updates (the SCORE paper's accounting)
+    view_speech_hours: float | None = None  # audio of the views through the trainable model
+
+
+def _hours(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def read_training(ckpt: str | Path | None) -> Training:
+    """The method and the two speech quantities a ``score-train`` checkpoint records in its ``score`` entry.
+
+    ``input_speech_hours``: input audio drawn for the updates (the paper's accounting); ``view_speech_hours``
+    (``processed_speech_hours`` in older checkpoints): audio of the views through the trainable model. Each is
+    None where the checkpoint is absent or does not say (SCORE checkpoints from before methods existed:
+    method ``score``, hours None); the one never stands in for the other.
+    """
     if not ckpt or not Path(ckpt).is_file():
-        return None, None
+        return Training()
     import torch
 
     try:
         raw = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # a checkpoint the table cannot read only loses these two cells
         logger.warning("%s: cannot read the training provenance (%s)", ckpt, e)
-        return None, None
+        return Training()
     info = raw.get("score") if isinstance(raw, dict) else None
     if isinstance(info, dict):
         method = info.get("method_name") or ("score" if "SCORE" in str(info.get("method", "")) else None)
-        hours = info.get("processed_speech_hours")
-        return method, float(hours) if isinstance(hours, (int, float)) else None
+        views = info.get("view_speech_hours", info.get("processed_speech_hours"))
+        return Training(method, _hours(info.get("input_speech_hours")), _hours(views))
     if isinstance(raw, dict) and "spin" in raw:
-        return "spin (converted)", None
-    return None, None
+        return Training("spin (converted)")
+    return Training()
 
 
 def parse_s3prl_log(path: str | Path, key: str, splits: tuple[str, ...] = ("test-clean", "test")) -> float | None:
@@ -275,7 +298,7 @@ def read_experiment(expdir: str | Path) -> ModelResult:
     kind = meta.get("kind", "other")
     row = ModelResult(name=str(meta.get("name") or expdir.name), kind=kind, family=default_family(kind, meta.get("family")))
     row.citation = " ".join(str(meta[k]) for k in ("upstream", "ckpt") if meta.get(k))
-    row.train_method, row.train_speech_hours = read_training(meta.get("ckpt"))
+    row.train_method, row.train_input_speech_hours, row.train_view_speech_hours = read_training(meta.get("ckpt"))
 
     wers = {}
     for seed, (wer, run) in read_runs(expdir / "asr", "test-clean.log", "wer").items():
@@ -382,8 +405,9 @@ def build_table(rows: list[ModelResult]) -> list[dict]:
     Columns: ``wer``, ``wer_sd``, ``wer_n``, ``per``, ``per_sd``, ``per_n`` (mean, sd over seeds, seed count),
     ``mtwv``, ``mtwv_low``, ``mtwv_high``, ``qbe_layer``, ``mtwv_last``, ``mtwv_last_low``, ``mtwv_last_high``,
     ``qbe_last_layer`` (bootstrap intervals over queries), ``qbe_protocol``, ``qbe_scope``, then
-    ``rel_{asr,pr,qbe,qbe_last}_vs_{hubert,wavlm,spin}``, ``train_method``, ``train_speech_h``,
-    ``train_speech_vs_spin`` (to the SPIN row of the same family), ``citation``, ``notes``.
+    ``rel_{asr,pr,qbe,qbe_last}_vs_{hubert,wavlm,spin}``, ``train_method``, ``train_speech_h`` (input audio
+    drawn, the paper's accounting), ``train_speech_vs_spin`` (to the SPIN row of the same family),
+    ``train_view_speech_h`` (views through the trainable model), ``citation``, ``notes``.
     """
     table = []
     for source in ("reproduced", "reported"):
@@ -412,11 +436,13 @@ def build_table(rows: list[ModelResult]) -> list[dict]:
             # a vanilla model was not fine-tuned: nothing is missing from its row
             no_run = NA if source == "reported" or row.kind in ("hubert", "wavlm") else empty
             rec["train_method"] = row.train_method or no_run
-            rec["train_speech_h"] = row.train_speech_hours if row.train_speech_hours is not None else no_run
+            hours = row.train_input_speech_hours
+            rec["train_speech_h"] = hours if hours is not None else no_run
             spin = bases[("spin", row.family)]
-            spin_h = spin.train_speech_hours if spin is not None else None
-            rec["train_speech_vs_spin"] = (row.train_speech_hours / spin_h if row.train_speech_hours is not None
-                                           and spin_h else NA)
+            spin_h = spin.train_input_speech_hours if spin is not None else None
+            rec["train_speech_vs_spin"] = hours / spin_h if hours is not None and spin_h else NA
+            views = row.train_view_speech_hours
+            rec["train_view_speech_h"] = views if views is not None else no_run
             rec["citation"] = row.citation
             rec["notes"] = "; ".join(row.notes)
             table.append(rec)
@@ -476,14 +502,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
         title = f"{args.title} ({args.banner})" if args.banner else args.title
         table = build_table(rows)
-        from score_upstream.report.render import markdown, write_csv
+        from score_upstream.report.plot import plot
+        from score_upstream.report.render import markdown, write_csv, write_text
 
         out = Path(args.out)
         write_csv(table, out / "superb.csv", header)
-        from score_upstream.atomic import atomic_write_bytes
-
-        atomic_write_bytes(markdown(table, header, title).encode(), out / "superb.md")
-        from score_upstream.report.plot import plot
+        write_text(markdown(table, header, title), out / "superb.md")
 
         plot(table, out / "superb.png", title)
     except ResultsError as e:
