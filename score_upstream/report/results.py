@@ -77,6 +77,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from score_upstream.stages import MANIFEST, manifest_seeds
+
 logger = logging.getLogger(__name__)
 
 MISSING = "missing"
@@ -253,12 +255,22 @@ def read_qbe_result(path: Path) -> dict | None:
 def read_runs(task_dir: Path, log_name: str, key: str) -> dict[int | None, tuple[float, Path]]:
     """Test metric of each downstream seed: ``task_dir/seed<S>/log_name`` -> {S: (value, run folder)}.
 
-    Without seed folders, ``task_dir/log_name`` (a run from before per-seed runs) is one run, seed None.
-    A seed folder whose log holds no test line (an unfinished run) is left out with a warning.
+    The seeds are those of the last run, as ``task_dir/manifest.json`` lists them (``score_upstream.stages``;
+    seed folders of other runs beside them are named in a warning and left out). Without a manifest (a folder
+    from before manifests) every seed folder counts, with a warning; without seed folders, ``task_dir/log_name``
+    (a run from before per-seed runs) is one run, seed None. A seed folder whose log holds no test line (an
+    unfinished run) is left out with a warning.
     """
     runs: dict[int | None, tuple[float, Path]] = {}
-    seeded = sorted((int(m.group(1)), p) for p in (task_dir.iterdir() if task_dir.is_dir() else [])
-                    if p.is_dir() and (m := _SEED_DIR.match(p.name)))
+    listed = manifest_seeds(task_dir)
+    if listed is not None:
+        seeded = [(s, task_dir / f"seed{s}") for s in sorted(listed)]
+    else:
+        seeded = sorted((int(m.group(1)), p) for p in (task_dir.iterdir() if task_dir.is_dir() else [])
+                        if p.is_dir() and (m := _SEED_DIR.match(p.name)))
+        if seeded:
+            logger.warning("%s: no %s (a folder from before run manifests); reading every seed folder: %s",
+                           task_dir, MANIFEST, ", ".join(p.name for _, p in seeded))
     for seed, run in seeded or [(None, task_dir)]:
         value = parse_s3prl_log(run / log_name, key)
         if value is not None:
