@@ -56,23 +56,35 @@ mkdir -p "$out"
 report="$out/report.md"
 start=$SECONDS
 if [ "$dry" = false ] && [ -d "$wheels" ] && ls "$wheels"/* >/dev/null 2>&1; then
-  "$py" -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/score_site "$wheels"/* \
-    || { echo "gpu_check.sh: installing $wheels failed" >&2; exit 2; }
-  export PYTHONPATH="/tmp/score_site:${PYTHONPATH:-}"
+  # a fresh folder per run: a fixed one would mix in whatever an earlier run or another user left there
+  site="$(mktemp -d "${TMPDIR:-/tmp}/score_site.XXXXXX")"
+  trap 'rm -rf "$site"' EXIT
+  "$py" -m pip install -q --no-index --no-deps --no-build-isolation --target "$site" "$wheels"/* \
+    || { echo "gpu_check.sh: installing $wheels into $site failed" >&2; exit 2; }
+  export PYTHONPATH="$site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$root:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 
-# step TITLE COMMAND...: runs COMMAND under the time budget, appends its output to the report as a block
+# step TITLE COMMAND...: runs COMMAND under the time budget, appends its output to the report as a block.
+# A step that fails, times out or prints nothing is recorded and the next step runs: GPU time is scarce,
+# so one broken step must not cost the others (nothing in here may trip `set -e`).
 step() {
-  local title="$1" t0=$SECONDS rc=0; shift
+  local title="$1" t0=$SECONDS rc=0 log; shift
   echo "== $title" >&2
-  timeout "$budget" "$@" > "$out/step.log" 2>&1 || rc=$?
+  log="$(mktemp "${TMPDIR:-/tmp}/gpu_check_step.XXXXXX")"
+  timeout "$budget" "$@" > "$log" 2>&1 || rc=$?
   {
     printf '\n## %s\n\n`%s` (exit %s, %s s)\n\n```\n' "$title" "$*" "$rc" "$(( SECONDS - t0 ))"
-    grep -v -e 'Warning' -e 'WeightNorm.apply' "$out/step.log" | tail -n 60
+    { grep -v -e 'Warning' -e 'WeightNorm.apply' "$log" || [ -s "$log" ] || echo "(no output)"; } | tail -n 60
     printf '```\n'
-  } >> "$report"
-  [ "$rc" = 0 ] || failed="$failed $title;"
+  } >> "$report" || true
+  rm -f "$log"
+  if [ "$rc" = 124 ]; then
+    failed+=" $title (exit 124, time budget);"
+  elif [ "$rc" != 0 ]; then
+    failed+=" $title (exit $rc);"
+  fi
+  return 0
 }
 
 failed=""
@@ -103,7 +115,6 @@ else
   done
   step "QbE search (CPU and CUDA rows)" "$py" benchmarks/bench_qbe.py --queries 100 --docs 400 --s3prl-queries 2
 fi
-rm -f "$out/step.log"
 printf '\nTotal %s s.%s\n' "$(( SECONDS - start ))" "${failed:+ Failed or stopped at the time budget:$failed}" >> "$report"
 echo "report: $report ($(( SECONDS - start )) s)" >&2
 [ -z "$failed" ]

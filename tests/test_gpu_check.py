@@ -26,3 +26,22 @@ def test_dry_run_writes_every_section(tmp_path):
 def test_unknown_option_is_refused():
     proc = subprocess.run([str(REPO / "benchmarks" / "gpu_check.sh"), "--bogus"], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown option --bogus" in proc.stderr
+
+
+def test_a_failing_silent_step_is_recorded_and_the_later_steps_run(tmp_path):
+    # an interpreter that fails without a word for one benchmark and is the real Python for the rest
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/usr/bin/env bash\ncase "$*" in *bench_soft_dtw.py*) exit 3 ;; esac\nexec {sys.executable} "$@"\n')
+    fake.chmod(0o755)
+    out = tmp_path / "report"
+    env = dict(os.environ, SCORE_PY=str(fake))
+    proc = subprocess.run([str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    report = (out / "report.md").read_text()
+    assert proc.returncode != 0, report
+    assert "(exit 3," in report and "(no output)" in report
+    assert "Failed or stopped at the time budget: soft-DTW (exit 3);" in report
+    # the steps after the failing one still ran and reported
+    for title in ("SCORE training throughput", "QbE search"):
+        assert f"## {title}" in report
+    assert "3,600 upd." in report

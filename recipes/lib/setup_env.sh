@@ -4,7 +4,7 @@
 #   source recipes/lib/setup_env.sh && score_setup_env
 #
 # SCORE_VENV overrides the location (default: <repo>/.venv). SCORE_LOCK picks the pinned set, a path
-# relative to the repository (default: requirements.lock, the set we test and run with;
+# (absolute, or relative to the repository) (default: requirements.lock, the set we test and run with;
 # requirements-min.lock is the oldest supported set, see README "Install into your own environment").
 # The environment is rebuilt only when pyproject.toml, the lock or this script changed since the last
 # successful set-up, so a second call costs a fraction of a second.
@@ -27,7 +27,8 @@ score_setup_env() {
   local root venv py stamp want lock
   root="$(score_repo_root)"
   venv="${SCORE_VENV:-$root/.venv}"
-  lock="$root/${SCORE_LOCK:-requirements.lock}"
+  lock="${SCORE_LOCK:-requirements.lock}"
+  [[ "$lock" == /* ]] || lock="$root/$lock"
   py="${SCORE_PYTHON:-python3.11}"
   command -v "$py" >/dev/null 2>&1 || py=python3
   [ -f "$lock" ] || {
@@ -46,10 +47,18 @@ score_setup_env() {
     echo "[setup] Python 3.11 is required, found $("$py" --version 2>&1) at $(command -v "$py"); set SCORE_PYTHON" >&2
     return 1
   }
-  [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check "uv==0.13.9"
-  "$venv/bin/uv" pip install -q --python "$venv/bin/python" -r "$lock"
-  "$venv/bin/uv" pip install -q --python "$venv/bin/python" --no-deps -e "$root"
+  # every step checks its own status: callers write `score_setup_env || die`, and bash ignores `set -e`
+  # inside a function called on the left of `||`; the stamp goes first, so a build that fails or is
+  # interrupted is never taken for a finished one
+  rm -f "$stamp"
+  [ -x "$venv/bin/python" ] || "$py" -m venv "$venv" \
+    || { echo "[setup] could not create a virtual environment in $venv with $py" >&2; return 1; }
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "uv==0.13.9" \
+    || { echo "[setup] could not install uv into $venv (pip failed above; is PyPI reachable?)" >&2; return 1; }
+  "$venv/bin/uv" pip install -q --python "$venv/bin/python" -r "$lock" \
+    || { echo "[setup] installing $lock into $venv failed (see above); the environment is not marked ready" >&2; return 1; }
+  "$venv/bin/uv" pip install -q --python "$venv/bin/python" --no-deps -e "$root" \
+    || { echo "[setup] installing the project itself into $venv failed (see above)" >&2; return 1; }
   # every module's .pyc written once here (about a minute): where PYTHONDONTWRITEBYTECODE is set, as on
   # many CI machines, Python would otherwise recompile thousands of modules in every process (~10 s per
   # s3prl run, dozens of runs in the demo and the tests)
