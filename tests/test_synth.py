@@ -366,3 +366,34 @@ def test_cli_without_espeak_says_what_to_install(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "apt-get install espeak-ng" in err[0]
     assert not (tmp_path / "x" / "LibriSpeech").exists()
+
+
+def test_overwrite_refuses_a_folder_it_did_not_make(tmp_path, capsys):
+    from score_upstream.synth.cli import main
+
+    # a user's real corpus under the --out root: no manifest, no start marker of score-synth
+    real = tmp_path / "LibriSpeech" / "train-clean-100" / "19" / "198"
+    real.mkdir(parents=True)
+    (real / "19-198.trans.txt").write_text("19-198-0000 A REAL TRANSCRIPT\n")
+    assert main(["--out", str(tmp_path), "--size", "tiny", "--seed", "0", "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refusing to delete" in err[0] and "LibriSpeech" in err[0]
+    assert (real / "19-198.trans.txt").read_text() == "19-198-0000 A REAL TRANSCRIPT\n"
+
+
+def test_overwrite_replaces_an_interrupted_corpus_of_its_own(tmp_path, monkeypatch):
+    import score_upstream.synth as synth
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "write_quesst", interrupted)
+    try:
+        synth.generate(tmp_path, seed=0, size="tiny")
+    except KeyboardInterrupt:
+        pass
+    assert (tmp_path / "LibriSpeech").is_dir() and not (tmp_path / "synth_manifest.json").exists()
+    assert (tmp_path / synth.STARTED_MARKER).is_file()
+    monkeypatch.undo()
+    corpus = synth.generate(tmp_path, seed=0, size="tiny", overwrite=True)
+    assert corpus.manifest.is_file() and not (tmp_path / synth.STARTED_MARKER).exists()

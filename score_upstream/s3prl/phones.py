@@ -16,6 +16,8 @@ import os
 import re
 from pathlib import Path
 
+from score_upstream.textio import read_utf8
+
 ARPABET_VOWELS: tuple[str, ...] = (
     "AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW",
 )
@@ -70,17 +72,16 @@ def read_lexicon(path: str | os.PathLike, strict: bool = True) -> dict[str, list
     if not path.is_file():
         raise LexiconError(f"{path}: lexicon file not found")
     lexicon: dict[str, list[tuple[str, ...]]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) < 2:
-                raise LexiconError(f"{path}:{lineno}: expected 'WORD<TAB>PH1 PH2 ...', found {line.rstrip()!r}")
-            word, phones = fields[0], tuple(fields[1:])
-            if strict:
-                check_pronunciation(word, phones, where=f"{path}:{lineno}")
-            lexicon.setdefault(word, []).append(phones)
+    for lineno, line in enumerate(read_utf8(path, LexiconError).splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 2:
+            raise LexiconError(f"{path}:{lineno}: expected 'WORD<TAB>PH1 PH2 ...', found {line.rstrip()!r}")
+        word, phones = fields[0], tuple(fields[1:])
+        if strict:
+            check_pronunciation(word, phones, where=f"{path}:{lineno}")
+        lexicon.setdefault(word, []).append(phones)
     return lexicon
 
 

@@ -24,6 +24,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from score_upstream.atomic import atomic_write_bytes
 from score_upstream.s3prl.phones import write_lexicon
 from score_upstream.synth.espeak import SynthError, espeak_binary
 from score_upstream.synth.lexicon import build_lexicon
@@ -37,6 +38,8 @@ __all__ = ["SIZES", "SynthCorpus", "SynthError", "SynthSize", "corpus_voices", "
 
 logger = logging.getLogger(__name__)
 MANIFEST_VERSION = 2
+# present while a corpus is being written: its folders are score-synth's even before the manifest exists
+STARTED_MARKER = ".score-synth-started"
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,15 @@ def corpus_voices(seed: int, size: str) -> set[str]:
     return {s.voice for s in draw_speakers(n, random.Random(seed))}
 
 
+def _read_manifest(path: Path) -> dict | None:
+    """The corpus manifest at ``path``, or None where there is none or it is not score-synth's."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and {"version", "seed", "size"} <= data.keys() else None
+
+
 def generate(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny", jobs: int | None = None,
              overwrite: bool = False, disjoint_from: list[tuple[str, int]] | tuple = ()) -> SynthCorpus:
     """Generate the LibriSpeech-layout corpus, its lexicon and the QUESST-layout corpus under ``out_dir``.
@@ -143,8 +155,9 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny", jobs
     spec = SIZES[size]
     root = Path(out_dir)
     manifest_path = root / "synth_manifest.json"
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text(encoding="utf-8"))
+    started = root / STARTED_MARKER
+    old = _read_manifest(manifest_path)
+    if old is not None:
         want = (MANIFEST_VERSION, seed, size, json.loads(json.dumps(asdict(spec))), [list(d) for d in disjoint_from])
         if (old.get("version"), old.get("seed"), old.get("size"), old.get("spec"), old.get("disjoint_from", [])) == want:
             logger.info("%s already holds the %s corpus for seed %d; reusing it", root, size, seed)
@@ -155,10 +168,19 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny", jobs
         raise SynthError(
             f"{root} already holds {present[0].name} from another run; pass --overwrite or pick a new --out"
         )
+    if present and old is None and not started.is_file():
+        # --overwrite deletes only what this command made: a real LibriSpeech or QUESST copy under the
+        # same root has neither our manifest nor our start marker
+        raise SynthError(
+            f"refusing to delete {present[0]}: {root} holds no {manifest_path.name} (nor {STARTED_MARKER}) "
+            "written by score-synth, so it was not made by it; move it away or pick another --out"
+        )
     espeak_binary()
+    root.mkdir(parents=True, exist_ok=True)
+    # written before anything is deleted or made: an interrupted run's partial corpus stays ours to replace
+    atomic_write_bytes(json.dumps({"seed": seed, "size": size}).encode() + b"\n", started)
     for t in present:
         shutil.rmtree(t) if t.is_dir() else t.unlink()
-    root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
 
     vocab = load_vocabulary()
@@ -204,6 +226,7 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny", jobs
         "hours": hours, "voices": sorted(s.name for s in speakers), "disjoint_from": [list(d) for d in disjoint_from], "librispeech": ls_records, "quesst": qbe_records,
     }
     # written last: its presence marks a complete corpus
-    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_bytes((json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode(), manifest_path)
+    started.unlink()
     logger.info("wrote %s corpus (seed %d) to %s: %s", size, seed, root, counts)
     return _corpus(root, manifest)

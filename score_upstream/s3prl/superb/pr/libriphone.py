@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from score_upstream.s3prl import phones as phones_lib
 from score_upstream.audio import audio_info
+from score_upstream.textio import read_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +96,10 @@ def read_split(root: str | os.PathLike, split: str) -> list[tuple[str, Path, lis
         raise LibriPhoneError(f"{split_dir}: LibriSpeech split directory not found; check the LibriSpeech root")
     items = []
     for trans in sorted(split_dir.rglob("*.trans.txt")):
-        with open(trans, encoding="utf-8") as f:
-            for line in f:
-                fields = line.split()
-                if fields:
-                    items.append((fields[0], trans.parent / f"{fields[0]}.flac", [w.upper() for w in fields[1:]]))
+        for line in read_utf8(trans, LibriPhoneError).splitlines():
+            fields = line.split()
+            if fields:
+                items.append((fields[0], trans.parent / f"{fields[0]}.flac", [w.upper() for w in fields[1:]]))
     if not items:
         raise LibriPhoneError(f"{split_dir}: no *.trans.txt transcript found under it")
     return sorted(items, key=lambda x: x[0])

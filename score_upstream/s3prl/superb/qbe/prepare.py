@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from score_upstream.qbe.twv import TWVError, read_ground_truth
+from score_upstream.textio import read_utf8
 
 LANGUAGE = "nnenglish"  # s3prl's QUESST14Dataset keeps only these entries
 SPLITS = ("dev", "eval")
@@ -38,7 +39,7 @@ def english_entries(root: Path, lst_name: str) -> list[Path]:
     if not lst.is_file():
         raise QuesstTreeError(f"{lst}: QUESST language key list not found; is {root} a quesst14Database folder?")
     paths = []
-    for number, line in enumerate(lst.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_utf8(lst, QuesstTreeError).splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
