@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import shlex
 import statistics
 import sys
 from dataclasses import dataclass
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             model, diffs = compare_models(Path(args.base), Path(d), gt)
             rows += [(model.name, x) for x in diffs]
         info = provenance(argv)
-        info["command"] = " ".join(["python -m score_upstream.report.paired", *(argv if argv is not None else sys.argv[1:])])
+        info["command"] = "python -m score_upstream.report.paired " + shlex.join(argv if argv is not None else sys.argv[1:])
     except (ResultsError, TWVError) as e:
         print(f"paired: error: {e}", file=sys.stderr)
         return 2

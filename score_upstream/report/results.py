@@ -70,6 +70,7 @@ import json
 import logging
 import math
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -479,7 +480,7 @@ def provenance(argv: list[str] | None = None) -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
     return {
-        "command": " ".join(["score-results", *(argv if argv is not None else sys.argv[1:])]),
+        "command": "score-results " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "time_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
         "versions": f"torch {ver('torch')}, s3prl {ver('s3prl')}, score-upstream {ver('score-upstream')}",
         "git_commit": commit,
