@@ -96,3 +96,15 @@ def test_packaged_config_is_the_default(downstream, folder, tiny_hubert_ckpt):
     argv = prepare_argv(["-m", "train", "-u", "score_hubert", "-k", str(tiny_hubert_ckpt), "-d", downstream])
     config = argv[argv.index("-c") + 1]
     assert config.endswith(f"superb/{folder}/config.yaml") and __import__("pathlib").Path(config).is_file()
+
+
+def test_help_lists_upstreams_only_and_no_import_noise():
+    proc = subprocess.run([sys.executable, "-m", "score_upstream.s3prl.cli", "--help"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: score-s3prl") and "ESPnet" not in proc.stdout + proc.stderr
+    listed = " ".join(proc.stdout.split())
+    for name in ("'score_hubert'", "'score_wavlm'", "'hubert_local'", "'wavlm_local'"):
+        assert name in listed
+    for helper in ("'FileLock'", "'torch'", "'os'", "'Path'", "'logger'", "'glob'"):
+        assert helper not in listed

@@ -11,8 +11,8 @@ How to run (the arguments are s3prl's ``run_downstream.py`` arguments)::
 Added to s3prl's behaviour:
 
 * ``--device cpu`` when CUDA is absent and no ``--device`` is given (s3prl defaults to cuda);
-* without ``-c``, a downstream we package a config for (``score_upstream/superb/<name>/config.yaml``,
-  ``asr`` -> ``superb/asr``, ``ctc`` -> ``superb/pr``, ``quesst14_dtw`` -> ``superb/qbe``) uses it, and the asr ``dict_path`` defaults to the packaged ``char.dict``;
+* without ``-c``, a downstream we package a config for (``score_upstream/s3prl/superb/<name>/config.yaml``,
+  ``asr`` -> ``asr``, ``ctc`` -> ``pr``, ``quesst14_dtw`` -> ``qbe``) uses it, and the asr ``dict_path`` defaults to the packaged ``char.dict``;
 * a missing checkpoint, config or experiment, a checkpoint in no HuBERT/WavLM format, or one of the
   other family than the upstream (``score_hubert`` vs ``score_wavlm``), is reported in one line (exit status 2) before s3prl starts. Set ``SCORE_TRACEBACK=1`` to see tracebacks.
 
@@ -22,9 +22,11 @@ go through this same entry point, so the name resolves again.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
+import types
 from pathlib import Path
 
 import yaml
@@ -33,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 OUR_UPSTREAMS = ("score_hubert", "score_local", "score_wavlm")
 WAVLM_FORMATS = ("wavlm", "wavlm_hf")
-# s3prl downstream name -> the folder of score_upstream/superb/ holding its packaged config
+# s3prl downstream name -> the folder of score_upstream/s3prl/superb/ holding its packaged config
 PACKAGED_CONFIGS = {"asr": "asr", "ctc": "pr", "quesst14_dtw": "qbe"}
 
 
@@ -118,6 +120,16 @@ def _drop(argv: list[str], *flags: str) -> list[str]:
     return out
 
 
+def upstreams_only(hub) -> types.SimpleNamespace:
+    """The upstream entry points of ``s3prl.hub`` (functions of a ``hubconf`` module, ours included),
+    without the modules, classes and helpers it also holds (``os``, ``torch``, ``FileLock``, ...)."""
+    names = [n for n in dir(hub) if not n.startswith("_")]
+    return types.SimpleNamespace(**{
+        n: getattr(hub, n) for n in names
+        if inspect.isfunction(getattr(hub, n)) and getattr(hub, n).__module__.endswith("hubconf")
+    })
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run s3prl's ``run_downstream`` main; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -125,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     from score_upstream.models.formats import CheckpointError
 
     debug = os.environ.get("SCORE_TRACEBACK", "") not in ("", "0")
+    # s3prl warns at import time, in every run, that ESPnet is missing; only its espnet_hubert upstream
+    # needs it, and that upstream says so itself when it is used
+    logging.getLogger("s3prl.upstream.espnet_hubert.expert").setLevel(logging.ERROR)
     try:
         if any(a in ("-h", "--help") for a in argv):
             s3prl_argv = argv
@@ -135,12 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         register_upstreams()
         from s3prl import run_downstream
 
-        saved = sys.argv
+        saved, saved_hub = sys.argv, run_downstream.hub
         sys.argv = ["score-s3prl"] + s3prl_argv
+        if s3prl_argv is argv:  # --help: s3prl lists every public name of s3prl.hub as an upstream
+            run_downstream.hub = upstreams_only(saved_hub)
         try:
             run_downstream.main()
         finally:
-            sys.argv = saved
+            sys.argv, run_downstream.hub = saved, saved_hub
     except (CliError, CheckpointError, CompatError, FileNotFoundError) as e:
         if debug:
             raise

@@ -38,7 +38,7 @@ class SuperbAssetError(FileNotFoundError):
 
 
 def asset_path(name: str) -> Path:
-    """Return the path of a packaged asset, relative to ``score_upstream/superb/``.
+    """Return the path of a packaged asset, relative to ``score_upstream/s3prl/superb/``.
 
     Args:
         name: e.g. ``"pr/config.yaml"``, ``"pr/phones.txt"``, ``"qbe/config.yaml"``.

@@ -7,7 +7,7 @@ Run it as (stage 1 of ``recipes/pr.sh``)::
 
 Every split must exist and every transcript word must be in one of the lexicons; otherwise it prints
 one line naming what is missing and exits 2. The written config is the packaged
-``score_upstream/superb/pr/config.yaml`` with the data root, the absolute lexicon paths and the phone
+``score_upstream/s3prl/superb/pr/config.yaml`` with the data root, the absolute lexicon paths and the phone
 vocabulary filled in, so s3prl's runner needs no path overrides.
 """
 
