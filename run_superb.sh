@@ -210,7 +210,7 @@ PY
   lower_priority() { renice -n 10 -p "$BASHPID" >/dev/null || true; }
   _train_and_evaluate() {
     [ -f "$exproot/$1/score_hubert.pt" ] \
-      || score-train "recipes/$1/small.yaml" --data "$data" --out "$exproot/$1" "model.init=$init" device=cpu \
+      || score-train "recipes/$1/small.yaml" --data "$data" --out "$exproot/$1" --overwrite "model.init=$init" device=cpu \
       || die "fine-tuning by $1 failed (see above)"
     log "Stage 4: SUPERB $tasks (seeds $seeds) for $1 -> $exproot/$1"
     lower_priority

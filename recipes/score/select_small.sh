@@ -43,7 +43,7 @@ for lr in $lrs; do
     warm=$(( (n * 28 + 50) / 100 ))
     if [ ! -f "$exp/$name/score/score_hubert.pt" ]; then
       log "SCORE lr $lr, $n updates (warm-up $warm) -> $exp/$name/score"
-      score-train recipes/score/small.yaml --data "$data" --out "$exp/$name/score" "model.init=$init" \
+      score-train recipes/score/small.yaml --data "$data" --out "$exp/$name/score" --overwrite "model.init=$init" \
         "optim.lr=$lr" "optim.total_steps=$n" "optim.warmup_steps=$warm" >"$exp/$name.train.log" 2>&1 \
         || die "score-train failed, see $exp/$name.train.log"
     fi

@@ -7,6 +7,7 @@ Run::
         labels.model=exp/pretrain/iter1/hubert.pt
     torchrun --nproc_per_node 4 -m score_upstream.pretrain.trainer CONFIG.yaml --data ... --out ...
     score-pretrain CONFIG.yaml --data ... --out DIR resume=auto                     # continue
+    score-pretrain CONFIG.yaml --data ... --out DIR --overwrite            # delete the folder's run, start over
 
 The objective is HuBERT's (Hsu et al., 2021, Eq. 1-3): spans of the CNN features are replaced by a learnt
 mask embedding (span 10, ``mask_prob`` of the frames start a span), the transformer's output goes through
@@ -21,7 +22,10 @@ Each update takes ``data.batch_crops`` utterances, crops all of them to the shor
 order, crops, masks and dropout are functions of ``(seed, step)``, so a resumed run repeats the same updates.
 Outputs in ``--out``: ``labels.pt`` (k-means units of every utterance), ``hubert.pt`` (s3prl's converted
 format with ``final_proj`` and the label embeddings, plus a ``pretrain`` entry with the provenance),
-``state-NNNNNN.pt``, ``train_log.csv``, ``valid_log.csv`` and ``config-<time>-<n>.yaml``.
+``state-NNNNNN.pt``, ``train_log.csv``, ``valid_log.csv`` and ``config-<time>-<n>.yaml``. A folder holds one
+run, as for ``score-train``: a start without ``resume`` refuses a folder that holds another run's files,
+``--overwrite`` deletes them first (``labels.pt`` too; other files stay), and a resumed run cuts its logs
+at the state it resumes from.
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ from score_upstream.pretrain import labels as L
 from score_upstream.pretrain.config import PretrainConfig, load_pretrain_config
 from score_upstream.training.config import ConfigError, config_to_dict
 from score_upstream.training.data import DataError, Utterance, load_manifest, mix_seed
-from score_upstream.training.runtime import STATE_RE, check_resume_config, dist_env, keep_config, latest_state, run_cli, setup_device
+from score_upstream.training.runtime import (STATE_RE, check_out_dir, check_resume_config, clear_run, dist_env,
+                                             keep_config, latest_state, run_cli, setup_device, trim_log)
 from score_upstream.training.train import lr_factor
 
 logger = logging.getLogger(__name__)
@@ -57,6 +62,11 @@ LABELS_VERSION = 1
 NUM_SPECIALS = 4  # fairseq dictionaries put <s>, <pad>, </s>, <unk> before the units
 # keys that may change between a run and its resumption (how the run is driven, not what it computes)
 RUN_KEYS = ("resume", "stop_at", "progress", "log_every", "device", "threads", "keep_checkpoints", "save_every")
+# the final model, and the labels cache that --overwrite also deletes (it is not a sign of another run)
+FINALS = ("hubert.pt",)
+LABELS = "labels.pt"
+TRAIN_HEADER = ["step", "loss", "acc_m", "acc_u", "lr", "grad_norm", "wall_s"]
+VALID_HEADER = ["step", "loss_m", "acc_m", "loss_u", "acc_u"]
 
 
 class PretrainError(RuntimeError):
@@ -156,7 +166,8 @@ class CropBatches:
 class Pretrainer:
     """One pre-training iteration; :meth:`fit` trains to ``optim.total_steps``."""
 
-    def __init__(self, cfg: PretrainConfig, data_root: str | os.PathLike, out_dir: str | os.PathLike):
+    def __init__(self, cfg: PretrainConfig, data_root: str | os.PathLike, out_dir: str | os.PathLike,
+                 overwrite: bool = False):
         from score_upstream.models.hubert import cluster_symbols, new_hubert, tiny_task_cfg
 
         self.cfg, self.out, self.data_root = cfg, Path(out_dir), Path(data_root)
@@ -164,7 +175,13 @@ class Pretrainer:
         self.leader = self.rank == 0
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        # before anything is written (every process reads; setup_device waits for all of them)
+        check_out_dir(self.out, cfg.resume, overwrite, FINALS, PretrainError)
         self.device = setup_device(cfg.device, local_rank, self.world)
+        if overwrite and self.leader:  # the labels go too: they are rebuilt below from this run's data
+            clear_run(self.out, (*FINALS, LABELS))
+        if self.world > 1:
+            dist.barrier()
         self.out.mkdir(parents=True, exist_ok=True)
         sr = cfg.data.sample_rate
         train, self.skipped = load_manifest(data_root, cfg.data.subsets, sr)
@@ -328,6 +345,9 @@ class Pretrainer:
             raise PretrainError(f"{self.out}: resume=true but no state-NNNNNN.pt there; use resume=auto to start fresh")
         if found is not None:
             self.load_state(found, allow_changes)
+        if self.leader:  # this run's rows only, up to the state it resumes from
+            trim_log(self.out / "train_log.csv", self.step, TRAIN_HEADER)
+            trim_log(self.out / "valid_log.csv", self.step, VALID_HEADER)
 
     def _log(self, name: str, header: list[str], row: dict) -> None:
         path = self.out / name
@@ -365,7 +385,7 @@ class Pretrainer:
                 window_audio += rec["audio_seconds"]
                 rec["wall_s"] = time.perf_counter() - t0
                 if self.leader:
-                    self._log("train_log.csv", ["step", "loss", "acc_m", "acc_u", "lr", "grad_norm", "wall_s"], rec)
+                    self._log("train_log.csv", TRAIN_HEADER, rec)
                     if bar is not None:
                         bar.update(1)
                     if self.step % cfg.log_every == 0:
@@ -378,7 +398,7 @@ class Pretrainer:
                 if self.step % cfg.valid_every == 0 or self.step in (total, stop):
                     self.last_valid = self.validate()
                     if self.leader and self.last_valid:
-                        self._log("valid_log.csv", ["step", "loss_m", "acc_m", "loss_u", "acc_u"], self.last_valid)
+                        self._log("valid_log.csv", VALID_HEADER, self.last_valid)
                         logger.info("held-out: masked accuracy %.3f (loss %.3f), unmasked %.3f", self.last_valid["acc_m"],
                                     self.last_valid["loss_m"], self.last_valid["acc_u"])
                 if self.step % cfg.save_every == 0 or self.step in (total, stop):
@@ -418,10 +438,13 @@ class Pretrainer:
         return path
 
 
-def pretrain(config, data, out, overrides=(), allow_config_change: bool = False) -> dict:
-    """Library entry: load the config (errors before any work), pre-train, return a summary."""
+def pretrain(config, data, out, overrides=(), allow_config_change: bool = False, overwrite: bool = False) -> dict:
+    """Library entry: load the config (errors before any work), pre-train, return a summary.
+
+    ``overwrite=True`` deletes the run files ``out`` holds first, as ``--overwrite``.
+    """
     cfg = config if isinstance(config, PretrainConfig) else load_pretrain_config(config, overrides)
-    return Pretrainer(cfg, data, out).fit(allow_config_change)
+    return Pretrainer(cfg, data, out, overwrite=overwrite).fit(allow_config_change)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -430,13 +453,16 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", help="YAML recipe, e.g. recipes/pretrain/small_iter1.yaml")
     ap.add_argument("--data", required=True, help="directory holding LibriSpeech/<subset>/ (or the subsets)")
-    ap.add_argument("--out", required=True, help="output directory (labels, checkpoints, logs, hubert.pt)")
+    ap.add_argument("--out", required=True, help="output directory (labels, checkpoints, logs, hubert.pt); one run "
+                    "per directory")
     ap.add_argument("--allow-config-change", action="store_true",
                     help="resume even though recipe keys differ from the checkpoint's")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="delete the run files --out holds (states, logs, configs, labels, hubert.pt; nothing else) first")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.total_steps=100")
     args = ap.parse_intermixed_args(argv)
     return run_cli("score-pretrain", lambda: pretrain(args.config, args.data, args.out, args.overrides,
-                                                       args.allow_config_change),
+                                                       args.allow_config_change, overwrite=args.overwrite),
                    (ConfigError, DataError, AudioError, PretrainError, ValueError))
 
 

@@ -139,8 +139,8 @@ class TrainConfig:
     save_hf: bool = False  # also write a transformers directory next to score_<family>.pt
     progress: bool = True  # tqdm bar on the leader
 
-    def validate(self) -> None:
-        validate(self)
+    def validate(self, need_model: bool = True) -> None:
+        validate(self, need_model)
 
 
 # Keys that belong to some methods only; every other key is shared by all methods.
@@ -307,8 +307,9 @@ def need(ok: bool, key: str, value: Any, what: str) -> None:
         raise ConfigError(f"config key '{key}': {what}, got {value!r}")
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Range checks that types alone cannot express."""
+def validate(cfg: TrainConfig, need_model: bool = True) -> None:
+    """Range checks that types alone cannot express; ``need_model=False`` leaves ``model.init`` unchecked (a
+    plan of the data, :mod:`score_upstream.training.plan`, builds no model)."""
     o, d, p = cfg.optim, cfg.data, cfg.perturb
     need(o.lr > 0, "optim.lr", o.lr, "expected a positive learning rate")
     need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas, "expected two values in [0, 1)")
@@ -344,7 +345,7 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.model.head_dim > 0, "model.head_dim", cfg.model.head_dim, "expected > 0")
     need(cfg.model.head_hidden >= 0, "model.head_hidden", cfg.model.head_hidden, "expected 0 (one Linear) or a width > 0")
     need(len(cfg.model.trainable) > 0, "model.trainable", cfg.model.trainable, "expected at least one prefix")
-    need(cfg.model.tiny or bool(cfg.model.init), "model.init", cfg.model.init,
+    need(cfg.model.tiny or bool(cfg.model.init) or not need_model, "model.init", cfg.model.init,
          "expected the initial model's path (model.init=PATH) or model.tiny=true")
     need(0 <= cfg.stop_at <= o.total_steps, "stop_at", cfg.stop_at, "expected 0 (off) or a step <= optim.total_steps")
     need(cfg.save_every >= 1, "save_every", cfg.save_every, "expected >= 1")
@@ -354,12 +355,13 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
-                schema: type = TrainConfig) -> Any:
+                schema: type = TrainConfig, need_model: bool = True) -> Any:
     """Defaults <- YAML file <- ``key=value`` overrides, type-checked and validated.
 
     Args:
         schema: the config dataclass (``TrainConfig``, or another with a ``validate()`` method, e.g.
             ``score_upstream.pretrain.config.PretrainConfig``).
+        need_model: False: a ``TrainConfig`` may leave ``model.init`` empty (``score-train --plan``).
 
     Raises:
         ConfigError: missing/unreadable YAML, unknown key, wrong type or out-of-range value.
@@ -383,7 +385,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
             if key not in given:
                 section, name = key.split(".")
                 setattr(getattr(cfg, section), name, list(value) if isinstance(value, list) else value)
-    cfg.validate()
+    cfg.validate() if need_model else cfg.validate(need_model=False)
     return cfg
 
 

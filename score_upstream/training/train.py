@@ -14,6 +14,8 @@ Run::
         model.init=/models/WavLM-Base+.pt                                        # -> score_wavlm.pt
     torchrun --nproc_per_node 8 -m score_upstream.training.train CONFIG.yaml --data ... --out ...   # same flags
     score-train CONFIG.yaml --data ... --out exp/score resume=auto                           # continue
+    score-train CONFIG.yaml --data ... --out exp/score --overwrite          # delete the folder's run, start over
+    score-train recipes/score/hubert_base.yaml --data /data/LibriSpeech --plan        # updates, speech; no training
     score-train recipes/laser/hubert_base.yaml ...   or   recipes/spin/hubert_base.yaml ...    # other methods
 
 Each update averages the method's loss over ``data.utterances_per_update`` (view, view) pairs (SCORE: the
@@ -26,9 +28,14 @@ perturbed or encoded is reported once and skipped; more than ``data.max_failed_f
 the run. Resuming refuses a changed recipe key unless ``--allow-config-change`` is given.
 Outputs in ``--out``: ``score_hubert.pt`` (s3prl converted HuBERT format; ``score_wavlm.pt`` for WavLM), resumable
 ``state-NNNNNN.pt`` checkpoints, ``train_log.csv``, ``config.yaml`` (the latest start) and
-``config-<time>-<n>.yaml`` (every start), TensorBoard events. Processed speech (the audio seconds of the
-views that went through the trainable model, see ``training.methods``) is logged on the step line in hours,
-kept in the training state and recorded, with the method and the recipe, in ``score_hubert.pt``.
+``config-<time>-<n>.yaml`` (every start), TensorBoard events. A folder holds one run: a start without
+``resume`` refuses a folder that holds another run's files, ``--overwrite`` deletes them first (other files
+stay), and a resumed run cuts its ``train_log.csv`` at the state it resumes from.
+Speech is counted two ways (``training.methods``): input speech (the original audio drawn per update,
+the SCORE paper's count) and view speech (the views through the trainable model). Both are logged on the
+step line and in ``train_log.csv`` in hours, kept in the training state and recorded, with the method and
+the recipe, in ``score_hubert.pt`` (``score.input_speech_hours``, ``score.view_speech_hours``).
+``--plan`` prints what a recipe will draw on a corpus without building the model (:mod:`.plan`).
 """
 
 from __future__ import annotations
@@ -54,8 +61,9 @@ from score_upstream.training.config import ConfigError, TrainConfig, config_from
 from score_upstream.training.data import (DataError, MicroBatch, Originals, PairDataset, UpdateBatch, UpdateCollate,
                                           UpdateSampler, cut_micro_batches, find_librispeech, load_manifest, mix_seed,
                                           min_utterance_samples)
-from score_upstream.training.methods import get_method
-from score_upstream.training.runtime import STATE_RE, check_resume_config, dist_env, keep_config, latest_state, run_cli, setup_device
+from score_upstream.training.methods import INPUT_SPEECH, get_method
+from score_upstream.training.runtime import (STATE_RE, check_out_dir, check_resume_config, clear_run, dist_env,
+                                             keep_config, latest_state, run_cli, setup_device, trim_log)
 from score_upstream.training.model import conv_layout, min_input_samples
 from score_upstream.training.optim import AdamW
 
@@ -65,6 +73,8 @@ STATE_VERSION = 2  # 2: "pos" counts updates over the whole run (updates cross e
 # keys that may change between a run and its resumption: how the run is driven, not what it computes
 RUN_KEYS = ("resume", "stop_at", "progress", "log_every", "device", "save_every", "keep_checkpoints", "save_hf",
             "data.num_workers", "data.batch_seconds", "data.max_failed_fraction")
+# the final models a run writes (score_<family>.pt, and with save_hf its transformers directory)
+FINALS = ("score_hubert.pt", "score_wavlm.pt", "score_hubert_hf", "score_wavlm_hf")
 # what one file's trouble raises (AudioError, PerturbError, SoftDTWError, torch's RuntimeError); other
 # exception types are bugs and propagate
 ITEM_ERRORS = (RuntimeError, ValueError)
@@ -147,7 +157,8 @@ class RunLog:
     """``train_log.csv``, TensorBoard events, the tqdm bar and the step line (written by the leader only),
     and the audio-seconds-per-second rate over the current log window (on every process)."""
 
-    HEADER = ["step", "loss", "lr", "grad_norm", "audio_seconds", "audio_s_per_s", "wall_s"]
+    HEADER = ["step", "loss", "lr", "grad_norm", "audio_seconds", "audio_s_per_s", "wall_s", "input_speech_hours",
+              "view_speech_hours"]
 
     def __init__(self, out: Path, cfg: TrainConfig, initial_step: int, leader: bool):
         self.total, self.log_every, self.leader = cfg.optim.total_steps, cfg.log_every, leader
@@ -156,6 +167,7 @@ class RunLog:
         self.csv_file = self.writer = self.tb = self.bar = None
         if not leader:
             return
+        trim_log(out / "train_log.csv", initial_step, self.HEADER)  # this run's rows only, up to its start
         new = not (out / "train_log.csv").exists()
         self.csv_file = open(out / "train_log.csv", "a", newline="")
         self.writer = csv.writer(self.csv_file)
@@ -180,16 +192,18 @@ class RunLog:
         step = rec["step"]
         if self.leader:
             self.writer.writerow([step, f"{rec['loss']:.6f}", f"{rec['lr']:.6e}", f"{rec['grad_norm']:.4f}",
-                                  f"{rec['audio_seconds']:.2f}", f"{rate:.1f}", f"{time.perf_counter() - self.t0:.1f}"])
+                                  f"{rec['audio_seconds']:.2f}", f"{rate:.1f}", f"{time.perf_counter() - self.t0:.1f}",
+                                  f"{rec['input_speech_hours']:.6f}", f"{rec['view_speech_hours']:.6f}"])
             if self.tb is not None:
-                for k in ("loss", "lr", "grad_norm", "audio_s_per_s", "speech_hours"):
+                for k in ("loss", "lr", "grad_norm", "audio_s_per_s", "input_speech_hours", "view_speech_hours"):
                     self.tb.add_scalar(f"train/{k}", rec[k], step)
             if self.bar is not None:
                 self.bar.update(1)
                 self.bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", aps=f"{rate:.0f}")
             if step % self.log_every == 0 or step == self.total:
                 line = (f"step {step:05d}/{self.total:05d} | loss {rec['loss']:.4f} | lr {rec['lr']:.3e} | "
-                        f"audio-s/s {rate:.1f} | speech-h {rec['speech_hours']:.4f}")
+                        f"audio-s/s {rate:.1f} | input-h {rec['input_speech_hours']:.4f} | "
+                        f"view-h {rec['view_speech_hours']:.4f}")
                 (self.bar.write(line) if self.bar is not None else logger.info(line))
                 self.csv_file.flush()
         if step % self.log_every == 0:
@@ -206,13 +220,15 @@ class Trainer:
     """Holds everything of one run; :meth:`fit` trains to ``optim.total_steps``."""
 
     def __init__(self, cfg: TrainConfig, data_root: str | os.PathLike, out_dir: str | os.PathLike,
-                 perturbation=None, loss_fn=None, recipe: dict | None = None):
-        self.cfg, self.out = cfg, Path(out_dir)
+                 perturbation=None, loss_fn=None, recipe: dict | None = None, overwrite: bool = False):
+        self.cfg, self.out, self.overwrite = cfg, Path(out_dir), overwrite
         self.recipe = recipe or {"file": None, "overrides": []}  # recorded in score_hubert.pt
         self.method = get_method(cfg)
         self.rank, self.world, local_rank = dist_env()
         self.leader = self.rank == 0
         find_librispeech(data_root)  # a missing path fails before any model is built
+        # before anything is written (every process reads; setup_device waits for all of them)
+        check_out_dir(self.out, cfg.resume, overwrite, FINALS, TrainError)
         self.device = setup_device(cfg.device, local_rank, self.world)
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         if self.leader:
@@ -241,7 +257,8 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, o.warmup_steps, o.total_steps, o.init_lr / o.lr, o.final_lr / o.lr))
         self.step, self.epoch, self.pos = 0, 0, 0  # pos: updates drawn from the data stream (skipped ones too)
-        self.speech_seconds = 0.0  # audio through the trainable model so far (training.methods)
+        self.speech_seconds = 0.0  # view speech: audio through the trainable model so far (training.methods)
+        self.input_seconds = 0.0  # input speech: original audio of the updates' drawn utterances so far
         self.nonfinite_in_row = 0
         self.failed_files: dict[str, str] = {}  # path -> why, each reported once
         self.history: list[dict] = []
@@ -278,6 +295,7 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "pos": self.pos, "world_size": self.world,
             "nonfinite_in_row": self.nonfinite_in_row,
             "speech_seconds": self.speech_seconds,
+            "input_seconds": self.input_seconds,
             "failed_files": dict(self.failed_files),
             "trainable": {n: p.detach().cpu().clone() for n, p in self.params.items()},
             "optimizer": self.opt.state_dict(),
@@ -323,6 +341,10 @@ class Trainer:
         self.speech_seconds = float(state.get("speech_seconds", 0.0))
         if "speech_seconds" not in state and self.leader:
             logger.warning("%s predates the processed-speech count: it counts from this start", path)
+        self.input_seconds = float(state.get("input_seconds", 0.0))
+        if "input_seconds" not in state and self.leader:
+            logger.warning("%s predates the input-speech count: input speech counts from this start (step %d)",
+                           path, state["step"])
         self.failed_files = dict(state["failed_files"])
         if state["world_size"] == self.world:
             _set_rng_state(state["rng"][self.rank])
@@ -467,12 +489,19 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
         self.speech_seconds += speech
+        self.input_seconds += audio_seconds
         return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": float(gnorm), "audio_seconds": audio_seconds,
-                "pairs": total_pairs, "speech_seconds": speech, "speech_hours": self.speech_seconds / 3600}
+                "pairs": total_pairs, "speech_seconds": speech, "view_speech_hours": self.speech_seconds / 3600,
+                "input_speech_hours": self.input_seconds / 3600}
 
     # ------------------------------------------------------------------------------------------ fit
     def fit(self, allow_config_change: bool = False) -> dict:
         """Resume if asked, train to ``stop_at`` or ``optim.total_steps``, save; returns a summary dict."""
+        if self.overwrite:
+            if self.leader:
+                clear_run(self.out, FINALS)
+            if self.world > 1:
+                dist.barrier()
         self._resume(allow_config_change)
         self._save_config()
         log = RunLog(self.out, self.cfg, self.step, self.leader)
@@ -535,19 +564,24 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
         if self.leader:
-            logger.info("processed speech: %.4f h through the trainable model (%s)", self.speech_seconds / 3600,
+            logger.info("input speech: %.4f h of original audio drawn over %d updates (%d utterances each); view "
+                        "speech: %.4f h through the trainable model (%s)", self.input_seconds / 3600, self.step,
+                        self.cfg.data.utterances_per_update, self.speech_seconds / 3600,
                         " + ".join(f"{v} view" for v in self.method.trainable_views))
         return {"step": self.step, "final": final, "history": self.history, "failed_files": sorted(self.failed_files),
-                "skipped_manifest": self.skipped_manifest, "speech_hours": self.speech_seconds / 3600}
+                "skipped_manifest": self.skipped_manifest, "input_speech_hours": self.input_seconds / 3600,
+                "view_speech_hours": self.speech_seconds / 3600, "speech_hours": self.speech_seconds / 3600}
 
     def save_final(self) -> Path:
         from score_upstream import __version__
         from score_upstream.models.loader import save_hf, save_s3prl
 
         extra = {"score": {"method": self.method.title, "method_name": self.cfg.method, "recipe": dict(self.recipe),
+                           "input_speech_hours": self.input_seconds / 3600, "input_speech": INPUT_SPEECH,
+                           "view_speech_hours": self.speech_seconds / 3600, "view_speech": self.method.view_speech(),
+                           # the view count under its earlier name, for readers written before input speech
                            "processed_speech_hours": self.speech_seconds / 3600,
-                           "processed_speech": "audio of the views through the trainable model: "
-                                               + " + ".join(self.method.trainable_views),
+                           "processed_speech": self.method.view_speech(),
                            "version": __version__,
                            "steps": self.step, "init": self.cfg.model.init or "tiny (random)",
                            "trainable": list(self.model.trainable_names),
@@ -561,26 +595,44 @@ class Trainer:
 
 
 def train(config: str | os.PathLike | TrainConfig | None, data: str | os.PathLike, out: str | os.PathLike,
-          overrides: list[str] | tuple[str, ...] = (), allow_config_change: bool = False, **kwargs) -> dict:
-    """Library entry: load the config (errors before any work), train, return a summary dict."""
+          overrides: list[str] | tuple[str, ...] = (), allow_config_change: bool = False, overwrite: bool = False,
+          **kwargs) -> dict:
+    """Library entry: load the config (errors before any work), train, return a summary dict.
+
+    ``overwrite=True`` deletes the run files ``out`` holds (states, logs, configs, final models) before
+    training, as ``--overwrite``; without it (or ``resume``) a folder holding another run is refused.
+    """
     cfg = config if isinstance(config, TrainConfig) else load_config(config, overrides)
     recipe = {"file": None if isinstance(config, TrainConfig) or config is None else str(config),
               "overrides": list(overrides)}
-    return Trainer(cfg, data, out, recipe=recipe, **kwargs).fit(allow_config_change)
+    return Trainer(cfg, data, out, recipe=recipe, overwrite=overwrite, **kwargs).fit(allow_config_change)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``score-train CONFIG.yaml --data LIBRISPEECH_ROOT --out DIR [key=value ...]``."""
+    """``score-train CONFIG.yaml --data LIBRISPEECH_ROOT (--out DIR [--overwrite] | --plan) [key=value ...]``."""
     ap = argparse.ArgumentParser(prog="score-train", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", help="YAML recipe, e.g. recipes/score/hubert_base.yaml")
     ap.add_argument("--data", required=True, help="directory holding LibriSpeech/<subset>/ (or the subsets)")
-    ap.add_argument("--out", required=True, help="output directory (checkpoints, logs, score_hubert.pt / score_wavlm.pt)")
+    ap.add_argument("--out", help="output directory (checkpoints, logs, score_hubert.pt / score_wavlm.pt); one run "
+                    "per directory")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 model.init=PATH")
     ap.add_argument("--allow-config-change", action="store_true",
                     help="resume even though a recipe key differs from the checkpoint's (the change is logged)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="delete the run files --out holds (states, logs, configs, final models; nothing else) first")
+    ap.add_argument("--plan", action="store_true",
+                    help="print the updates and the speech the recipe will draw on --data, then exit (no training)")
     args = ap.parse_intermixed_args(argv)
-    return run_cli("score-train", lambda: train(args.config, args.data, args.out, args.overrides, args.allow_config_change),
+    if args.plan:
+        from score_upstream.training.plan import print_plan
+
+        return run_cli("score-train", lambda: print_plan(args.config, args.data, args.overrides),
+                       (ConfigError, DataError, AudioError))
+    if args.out is None:
+        ap.error("--out DIR is required (or --plan)")
+    return run_cli("score-train", lambda: train(args.config, args.data, args.out, args.overrides, args.allow_config_change,
+                                                overwrite=args.overwrite),
                    (ConfigError, DataError, AudioError, TrainError))
 
 

@@ -13,10 +13,17 @@ holds one method, written from its paper and its authors' code (SPEC §1):
 
 The trainer (:mod:`score_upstream.training.train`) asks its method for the perturbation, the model
 and, per micro-batch of (student view, target view) pairs, one loss value per pair; the update is the
-mean over the update's pairs. "Processed speech" is the sum, over the updates applied (an update skipped
-for a non-finite loss does not count) and over all processes, of the lengths in seconds of the views that
-went through the trainable model: SCORE the student's view of each pair (original or perturbed, 50/50),
-LASER and SPIN both views. The originals' own duration is ``audio_seconds`` of the step records.
+mean over the update's pairs. Speech is counted two ways, over the updates applied (an update skipped for
+a non-finite loss does not count) and over all processes:
+
+- input speech (:data:`INPUT_SPEECH`): the original, unperturbed audio of the utterances drawn for each
+  update, each counted once per draw. This is how the SCORE paper compares itself with SPIN ("1/3 of the
+  processed speech": 3,600 updates x 8 utterances x 12.7 s ~ 101 h against SPIN's 5,000 x 256 s ~ 356 h).
+  Per update it is ``audio_seconds`` of the step records.
+- view speech (:meth:`Method.view_speech`): the lengths of the views that went through the trainable
+  model: SCORE the student's view of each pair (original or perturbed, 50/50), LASER and SPIN both views
+  (SPIN ~711 h against SCORE's ~101 h). Checkpoints written before input speech was counted call it
+  "processed speech".
 
 Example::
 
@@ -34,6 +41,9 @@ import torch
 
 from score_upstream.training.config import TrainConfig
 
+INPUT_SPEECH = ("original (unperturbed) audio of the utterances drawn for each update, each counted once per draw "
+                "(the SCORE paper's count: updates x utterances per update x mean length)")
+
 
 class Method:
     """Base of the methods: SCORE's views and processed-speech count; subclasses override what differs.
@@ -44,7 +54,7 @@ class Method:
 
     name = ""
     title = ""  # one line for checkpoints and logs
-    # views of a pair that go through the trainable model (for processed speech)
+    # views of a pair that go through the trainable model (view speech)
     trainable_views: tuple[str, ...] = ("student",)
 
     def __init__(self, cfg: TrainConfig):
@@ -70,8 +80,25 @@ class Method:
         """
         raise NotImplementedError
 
+    def view_speech(self) -> str:
+        """One line: which audio the view-speech count holds."""
+        return "audio of the views through the trainable model: " + " + ".join(self.trainable_views)
+
+    def perturbed_length_ratio(self) -> float:
+        """Expected length of the perturbed view over the original's: SCORE's speed factor ``f`` makes a view
+        ``1 / f`` as long (pitch shifting keeps the duration)."""
+        speeds = self.cfg.perturb.speeds
+        return sum(1.0 / f for f in speeds) / len(speeds)
+
+    def expected_view_ratio(self) -> float:
+        """Expected view seconds through the trainable model per input second: the views in
+        ``trainable_views``, with the student's view perturbed half of the time."""
+        r = self.perturbed_length_ratio()
+        views = {"student": (1.0 + r) / 2, "target": (1.0 + r) / 2}  # the pair order is drawn 50/50
+        return sum(views[v] for v in self.trainable_views)
+
     def processed_seconds(self, mb) -> float:
-        """Audio seconds of ``mb``'s views that go through the trainable model."""
+        """Audio seconds of ``mb``'s views that go through the trainable model (view speech)."""
         sr = self.cfg.data.sample_rate
         total = 0
         for view in self.trainable_views:

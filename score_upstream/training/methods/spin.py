@@ -12,6 +12,11 @@ As the authors' code does it (vectominist/spin: ``src/model/spin.py``, ``src/nn/
   without gradient; loss = swapped prediction, each view's softmax(logits / temperature) predicting the
   other view's targets, averaged over frames and the two directions.
 
+Batching: SPIN packs length-sorted utterances (cropped to 17 s, those under 2.5 s dropped) up to 256 s of
+audio per update; the recipe draws ``data.utterances_per_update`` = 20 whole utterances (~254 s at
+LibriSpeech's 12.7 s mean), so its input speech over 5,000 updates is ~353 h against SPIN's 5,000 x 256 s
+= 356 h (``score-train recipes/spin/hubert_base.yaml --data ROOT --plan`` prints it for a corpus).
+
 One Sinkhorn batch is one micro-batch (SPIN: one batch per GPU); the recipe's ``data.batch_seconds``
 holds a whole update. Under torchrun each process balances its own frames, where SPIN's code all-reduces
 the Sinkhorn sums over GPUs (its paper trains on one GPU). Frames of the two views are paired by position; a view that came out one frame
@@ -107,6 +112,10 @@ class Spin(Method):
         return SpeakerPerturbation(formant_ratio_max=p.formant_ratio_max, f0_ratio_max=p.f0_ratio_max,
                                    range_ratio_max=p.f0_range_ratio_max, pitch_floor=p.pitch_floor,
                                    pitch_ceiling=p.pitch_ceiling, eq_gain_db=p.eq_gain_db, sr=self.cfg.data.sample_rate)
+
+    def perturbed_length_ratio(self) -> float:
+        """The speaker perturbation keeps the duration."""
+        return 1.0
 
     def build_model(self, bundle, seed: int) -> nn.Module:
         return SpinModel(bundle, self.cfg.model, self.cfg.loss.codebook_size, seed=seed)
