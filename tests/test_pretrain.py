@@ -96,3 +96,25 @@ def test_second_iteration_clusters_a_layer_of_the_first(pretrained, tiny_corpus,
     assert all(len(units[k]) == len(first[k]) for k in units)  # same frames, other units
     assert any(not torch.equal(units[k], first[k]) for k in units)
     assert trainer.labels["centroids"].shape == (8, 48)
+
+
+def test_labels_follow_the_content_of_the_clustered_model(pretrained, tiny_corpus, tmp_path, caplog):
+    """A retrained model at the same path gets new labels; the same bytes reuse them."""
+    import logging
+    import shutil
+
+    from score_upstream.models.hubert import new_hubert, save_s3prl, small_model_cfg
+
+    out, _, _, _ = pretrained
+    model = tmp_path / "model.pt"
+    shutil.copy(out / "hubert.pt", model)
+    cfg = load_pretrain_config(RECIPE, FAST + ["labels.features=hubert", f"labels.model={model}", "labels.layer=2"])
+    caplog.set_level(logging.INFO, logger="score_upstream.pretrain.trainer")
+    first = Pretrainer(cfg, tiny_corpus, tmp_path / "run").labels
+    assert Pretrainer(cfg, tiny_corpus, tmp_path / "run").labels["key"] == first["key"]
+    assert "reusing" in caplog.text
+    caplog.clear()
+    save_s3prl(new_hubert(small_model_cfg(), seed=7), model)  # "retrained": same path, other weights
+    second = Pretrainer(cfg, tiny_corpus, tmp_path / "run").labels
+    assert "made from other inputs" in caplog.text
+    assert second["key"]["model_sha256"] != first["key"]["model_sha256"]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import logging
 import math
 import os
@@ -88,18 +89,26 @@ def _read(utt: Utterance, sr: int) -> torch.Tensor:
 def make_labels(cfg: PretrainConfig, train: list[Utterance], valid: list[Utterance], out: Path) -> dict:
     """Features -> k-means on the training frames -> units of every utterance; cached in ``out/labels.pt``.
 
-    A cache made with other label settings is rebuilt. Unreadable files are left out and named in the log.
+    A cache made from other inputs is rebuilt: its key holds the label settings, the content of the model
+    whose layer is clustered (SHA-256, not its path: a retrained model at the same path gets new labels) and
+    the corpus (every utterance's path and length). Unreadable files are left out and named in the log.
     """
+    from score_upstream.stages import file_sha256, tree_fingerprint
+
     lab = cfg.labels
-    key = {"features": lab.features, "model": lab.model, "layer": lab.layer, "clusters": lab.clusters,
-           "max_frames": lab.max_frames, "n_init": lab.n_init, "seed": cfg.seed}
+    corpus = hashlib.sha256("\n".join(f"{u.path}\t{u.num_samples}" for u in train + valid).encode()).hexdigest()
+    model = None
+    if lab.model:
+        model = file_sha256(lab.model) if Path(lab.model).is_file() else tree_fingerprint(lab.model)
+    key = {"features": lab.features, "model_sha256": model, "layer": lab.layer, "clusters": lab.clusters,
+           "max_frames": lab.max_frames, "n_init": lab.n_init, "seed": cfg.seed, "corpus": corpus}
     path = out / "labels.pt"
     if path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=True)
         if cached.get(FORMAT_VERSION_KEY) == LABELS_VERSION and cached.get("key") == key:
             logger.info("reusing %s (%d utterances)", path, len(cached["units"]))
             return cached
-        logger.info("%s was made with other label settings; rebuilding it", path)
+        logger.info("%s was made from other inputs (label settings, clustered model or corpus); rebuilding it", path)
     if lab.features == "mfcc":
         featurize = L.mfcc_features
     else:
