@@ -27,7 +27,7 @@ def test_yaml_then_overrides_precedence(tmp_path):
     assert cfg.optim.eps == 1e-7  # default kept
     assert cfg.data.subsets == ["dev-clean", "test-clean"]
     assert cfg.data.max_seconds == 12.0 and isinstance(cfg.data.max_seconds, float)
-    cfg2 = load_config(p, ["resume=auto", "model.init=dir with space/x.pt", "data.max_seconds=null"])
+    cfg2 = load_config(p, ["resume=auto", "model.tiny=false", "model.init=dir with space/x.pt", "data.max_seconds=null"])
     assert cfg2.resume == "auto" and cfg2.model.init == "dir with space/x.pt" and cfg2.data.max_seconds is None
 
 
@@ -83,7 +83,7 @@ def test_recipes_load_with_paper_values():
     assert tiny.model.tiny and tiny.optim.total_steps <= 20
 
 
-# SPEC §1, one row per entry: (row, dotted config key, the paper's value)
+# The paper's recipe (the authors' reference code), one row per entry: (row, dotted config key, the paper's value)
 PAPER_ROWS = [
     ("student: trainable = layers 11-12 + CNN-feature LN + encoder LN", "model.trainable",
      ["encoder.layers.10.", "encoder.layers.11.", "layer_norm.", "encoder.layer_norm."]),
@@ -120,7 +120,7 @@ def _get(cfg, dotted: str):
 def test_paper_config_row_by_row(source, row, key, value):
     path = RECIPES / "hubert_base.yaml" if source == "recipe" else None
     cfg = load_config(path, ["model.init=some/hubert_base_ls960.pt"])
-    assert _get(cfg, key) == value, f"SPEC §1 '{row}': {key} = {_get(cfg, key)!r}, the paper's is {value!r}"
+    assert _get(cfg, key) == value, f"recipe '{row}': {key} = {_get(cfg, key)!r}, the paper's is {value!r}"
 
 
 def test_paper_optimiser_and_schedule_are_the_authors():
@@ -130,3 +130,9 @@ def test_paper_optimiser_and_schedule_are_the_authors():
     assert T.AdamW is AdamW  # s3prl's update (tested against a re-statement in test_paper_parity.py)
     assert T.lr_factor(0, 1000, 3600) == 0 and T.lr_factor(1000, 1000, 3600) == 1
     assert T.lr_factor(2300, 1000, 3600) == pytest.approx(0.5) and T.lr_factor(3600, 1000, 3600) == 0
+
+
+def test_init_beside_a_tiny_recipe_is_refused_not_ignored():
+    with pytest.raises(ConfigError, match="model.init.*model.tiny=false"):
+        load_config(RECIPES / "tiny.yaml", ["model.init=/nonexistent.pt"])
+    assert load_config(RECIPES / "tiny.yaml", ["model.tiny=false", "model.init=x.pt"]).model.init == "x.pt"

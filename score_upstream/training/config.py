@@ -37,7 +37,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     """Student / target / head settings."""
 
-    init: str = ""  # path of the initial model (fairseq .pt, s3prl .pt, WavLM .pt or transformers dir); "" -> tiny
+    init: str = ""  # path of the initial model (fairseq .pt, s3prl .pt, WavLM .pt or transformers dir); "" with tiny
     # model family the recipe is for; a model.init of the other family is an error
     family: Literal["hubert", "wavlm"] = "hubert"
     tiny: bool = False  # build a fresh random model of the family with tiny_model_cfg() / wavlm.tiny_cfg()
@@ -347,6 +347,8 @@ def validate(cfg: TrainConfig, need_model: bool = True) -> None:
     need(len(cfg.model.trainable) > 0, "model.trainable", cfg.model.trainable, "expected at least one prefix")
     need(cfg.model.tiny or bool(cfg.model.init) or not need_model, "model.init", cfg.model.init,
          "expected the initial model's path (model.init=PATH) or model.tiny=true")
+    need(not (cfg.model.tiny and cfg.model.init), "model.init", cfg.model.init,
+         "model.tiny=true (this recipe) builds a random model and would ignore it; add model.tiny=false to start from it")
     need(0 <= cfg.stop_at <= o.total_steps, "stop_at", cfg.stop_at, "expected 0 (off) or a step <= optim.total_steps")
     need(cfg.save_every >= 1, "save_every", cfg.save_every, "expected >= 1")
     need(cfg.log_every >= 1, "log_every", cfg.log_every, "expected >= 1")
