@@ -34,7 +34,7 @@ from score_upstream.sdtw.divergence import soft_dtw_divergence
 from score_upstream.training.train import Trainer
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "score" / "tiny.yaml"
-MEAN_UTT_S = 12.69  # train-clean-100: 100.6 h / 28,539 utterances (SPEC §1)
+MEAN_UTT_S = 12.69  # train-clean-100: 100.6 h / 28,539 utterances
 PAPER_AUDIO_S = 3600 * 8 * MEAN_UTT_S
 
 

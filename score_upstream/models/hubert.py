@@ -153,7 +153,7 @@ def base_model_cfg(**overrides: Any) -> dict:
 def small_model_cfg(**overrides: Any) -> dict:
     """A small HuBERT worth pre-training on CPU (3.1M parameters): 6 layers, 192-dim, FFN 768, 4 heads,
     128-channel conv front-end with Base's kernels/strides, 32-tap positional conv in 8 groups,
-    64-dim projection. Pre-training settings that let it learn from a few hours of speech (SPEC §5):
+    64-dim projection. Pre-training settings that let it learn from a few hours of speech (measured; recipes/README.md, Pre-training):
     mask_prob 0.65 and feature_grad_mult 1.0.
     """
     cfg = tiny_model_cfg(

@@ -3,7 +3,7 @@
 Same rules as ``score-train`` (:mod:`score_upstream.training.config`): an unknown key or a wrong type is an
 error naming the key, before any data or model is touched. Defaults are HuBERT's recipe where it scales
 (Hsu et al., 2021; fairseq ``hubert_base_librispeech.yaml``) and the settings that made a small model learn
-on a few hours of speech where it does not (SPEC §5: the loss on unmasked frames, mask_prob 0.65,
+on a few hours of speech where it does not (measured, recipes/README.md: the loss on unmasked frames, mask_prob 0.65,
 feature_grad_mult 1.0).
 
 Example::

@@ -6,7 +6,7 @@ Run it as::
     # -> maxTWV 0.5221  95% interval [0.4310, 0.6102]  sd 0.0457  (1000 resamples of 20 queries, seed 0)
 
 The queries are the sampling unit: a resample draws ``Q`` queries with replacement from the ``Q`` of the
-ground truth, and its maxTWV is computed exactly as the QUESST scorer does (SPEC §2): at each threshold
+ground truth, and its maxTWV is computed exactly as the QUESST scorer does (score_upstream/qbe/twv.py): at each threshold
 the miss and false-alarm rates are averaged over the resampled queries (a query drawn twice counts twice),
 and the maximum is taken over theta in {-inf} and every distinct score. The interval is the
 percentile interval of the resampled maxTWVs; the generator is seeded, so a rerun gives the same numbers.

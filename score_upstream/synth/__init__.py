@@ -76,7 +76,7 @@ SIZES: dict[str, SynthSize] = {
     "small": SynthSize((6, 3, 3), (12, 6, 6), (1, 2), (10, 10), (2, 3), 30, 4, 3),
     # the demo: ~10 min of training speech; 100 queries spoken 0.67-1.5x as fast as their voice, pitch +-20,
     # so that query and occurrence differ in speaking rate and pitch (what SCORE targets) as well as in
-    # voice; enough queries to tell checkpoints apart (SPEC §5). The speaker counts are those of earlier
+    # voice; enough queries to tell checkpoints apart (20 gave differences of ~0.05 that look like noise). The speaker counts are those of earlier
     # versions: the demo's voices, which the pre-training corpus avoids, stay the same.
     "demo": SynthSize((10, 4, 4), (16, 8, 8), (1, 2), (50, 50), (2, 3), 60, 6, 4, (1.5, 20)),
     # HuBERT pre-training: ~3.7 h from 60 speakers (use --disjoint-from to keep the demo's voices out);

@@ -1,6 +1,6 @@
 """The SCORE model: a partly trainable HuBERT or WavLM student, its frozen initial copy (target) and a shared head.
 
-Paper setting (SPEC §1): the student trains transformer layers 11-12 (0-based 10, 11), the LayerNorm on
+Paper setting (the authors' code): the student trains transformer layers 11-12 (0-based 10, 11), the LayerNorm on
 the 512-d CNN features (``layer_norm``), the encoder LayerNorm before layer 1 (``encoder.layer_norm``) and
 the head Linear(D -> 256); everything else is frozen, the CNN runs without gradient, layerdrop is 0 and
 the student is in train mode. The target is a frozen copy of the initial model, in train mode by default

@@ -19,7 +19,7 @@ Run::
     score-train recipes/laser/hubert_base.yaml ...   or   recipes/spin/hubert_base.yaml ...    # other methods
 
 Each update averages the method's loss over ``data.utterances_per_update`` (view, view) pairs (SCORE: the
-soft-DTW divergence of each pair, normalised by its own N + M, SPEC §1) and steps s3prl's AdamW
+soft-DTW divergence of each pair, normalised by its own N + M) and steps s3prl's AdamW
 (:mod:`.optim`) or, with ``optim.name=adam``, torch's Adam. Processes split
 every update's utterances; their gradients are summed with one all-reduce per update, so any
 micro-batching gives the same update as batch 1 x accumulation. Updates run across epoch boundaries

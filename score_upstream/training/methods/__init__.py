@@ -1,7 +1,7 @@
 """Training methods: what differs between SCORE, LASER and SPIN (views, head, loss); the trainer is shared.
 
 A method is chosen with the config key ``method`` (``score`` default, ``laser``, ``spin``). Each module
-holds one method, written from its paper and its authors' code (SPEC §1):
+holds one method, written from its paper and its authors' code:
 
 - :mod:`.score`: the student sees one view, a frozen copy of the initial model the other; soft-DTW
   divergence / (N + M) (Meghanani & Hain, ICASSP 2024).

@@ -14,7 +14,7 @@ For a sequence of ``n`` frames with Euclidean self-distances ``d_ij`` and ``g_ij
     IDM = 1/n^2 sum_ij [ |i - j| >  sigma ] g_ij max(0, margin - d_ij)
                     + [ |i - j| <= sigma ] d_ij / g_ij
 
-HuBERT values (SPEC §1): sigma 0, margin 1.1, weight 0.4, gamma 0.1.
+HuBERT values (the LASER authors' README): sigma 0, margin 1.1, weight 0.4, gamma 0.1.
 """
 
 from __future__ import annotations
