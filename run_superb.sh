@@ -78,10 +78,14 @@ evaluate_model() {
   [ -e "$ckpt" ] || die "missing checkpoint of model '$name': $ckpt"
   mkdir -p "$expdir"
   if [ "$upstream" = spin ]; then
-    if [ ! -f "$expdir/spin_s3prl.pt" ]; then
+    # converted again whenever the SPIN checkpoint's or the base's content differs from what made it
+    local spin_key
+    spin_key="$("$(score_python)" -m score_upstream.stages key --file "spin=$ckpt" --file "base=$spin_base")" || exit 2
+    if [ ! -f "$expdir/spin_s3prl.pt" ] || [ "$(cat "$expdir/spin_s3prl.key" 2>/dev/null)" != "$spin_key" ]; then
       log "converting SPIN checkpoint $ckpt -> $expdir/spin_s3prl.pt"
       score-convert "$ckpt" "$expdir/spin_s3prl.pt" --to s3prl ${spin_base:+--base "$spin_base"} \
         || exit 2  # it printed one error line
+      printf '%s\n' "$spin_key" > "$expdir/spin_s3prl.key"
     fi
     upstream=hubert_local; ckpt="$expdir/spin_s3prl.pt"
   fi
@@ -98,12 +102,16 @@ evaluate_model() {
     "$family" "$trained" <<'PY'
 import json, sys
 from score_upstream.atomic import atomic_write_bytes
+from score_upstream.stages import path_digest
 path, name, given, upstream, ckpt, source, family, trained = sys.argv[1:]
 display = {"hubert": "HuBERT", "wavlm": "WavLM", "score": "SCORE", "spin": "SPIN", "laser": "LASER"}
 kind = name.lower() if name.lower() in display else ("score" if trained == "score" else family) if given == "auto" else (
     "spin" if given == "spin" else "score" if given.startswith("score") else "hubert" if given.startswith("hubert")
     else "wavlm" if given.startswith("wavlm") else "other")
-info = {"name": display.get(name.lower(), name), "upstream": upstream, "ckpt": ckpt, "kind": kind, "source_ckpt": source}
+# the bytes a row measured: SHA-256 of the evaluated checkpoint (and of the given one when it was converted)
+info = {"name": display.get(name.lower(), name), "upstream": upstream, "ckpt": ckpt, "kind": kind, "source_ckpt": source,
+        "ckpt_sha256": path_digest(ckpt).split()[0].removeprefix("sha256:")}
+info.update({"source_ckpt_sha256": path_digest(source).split()[0].removeprefix("sha256:")} if source != ckpt else {})
 info.update({"family": family} if family else {})
 atomic_write_bytes((json.dumps(info, indent=2) + "\n").encode(), path)
 PY

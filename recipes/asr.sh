@@ -5,8 +5,9 @@
 #   recipes/asr.sh --upstream score_hubert --ckpt exp/score/score_hubert.pt \
 #       --librispeech data/LibriSpeech --expdir exp/superb/score_hubert [--device cuda] [--seeds "0 1 2"]
 #
-# Stages (--stage N --stop-stage M; a finished stage is skipped on a rerun, --force true redoes it);
-# stages 2-4 run once per downstream seed, into EXPDIR/asr/seed<S>/ (score-results: mean and sd over seeds):
+# Stages (--stage N --stop-stage M; a stage reruns when the content of its inputs changed, clearing what it
+# wrote before, and is skipped otherwise; --force true redoes it); stages 2-4 run once per downstream seed,
+# into EXPDIR/asr/seed<S>/; EXPDIR/asr/manifest.json lists the seeds of the last run (score-results: mean and sd):
 #   1 data preparation: check LibriSpeech, write length files       -> EXPDIR/asr/data/len/
 #   2 train:            score-s3prl -m train --seed S               -> EXPDIR/asr/seed<S>/dev-clean-best.ckpt
 #   3 test:             score-s3prl -m evaluate -t test-clean       -> EXPDIR/asr/seed<S>/test-clean.log
@@ -57,6 +58,7 @@ recipe_paths asr
 librispeech="$(abspath "$librispeech")"
 [ -n "$config" ] || config="$("$py" -c 'from score_upstream.s3prl.superb import asset_path; print(asset_path("asr/config.yaml"))')"
 dict_path="$("$py" -c 'from score_upstream.s3prl.superb import asset_path; print(asset_path("asr/char.dict"))')"
+settings="$(downstream_settings datarc)"  # s3prl overrides that decide the result
 
 stage_prepare() {
   require_dir "$librispeech" "LibriSpeech root (--librispeech)" "download LibriSpeech from OpenSLR 12 or generate one with score-synth"
@@ -76,7 +78,7 @@ stage_train() {
   local o="config.downstream_expert.datarc.libri_root='$librispeech'"
   o+=",,config.downstream_expert.datarc.bucket_file='$dir/data/len'"
   o+=",,config.downstream_expert.datarc.dict_path='$dict_path'"
-  train_downstream asr "$config" datarc "$o"
+  train_downstream asr "$config" datarc "$o" "$settings"
 }
 
 # Best-on-dev checkpoint; the last one when dev never beat s3prl's initial best (a very short run).
@@ -101,12 +103,22 @@ stage_score() {
   score_log "$run_dir/test-clean.log" wer "$run_dir/result.json"
 }
 
+stage_inputs --tree "train-clean-100=$librispeech/train-clean-100" --tree "dev-clean=$librispeech/dev-clean" \
+  --tree "test-clean=$librispeech/test-clean"
+stage_outputs "$dir/data/len"
 run_stage 1 "data preparation: $librispeech -> $dir/data/len" stage_prepare
-# stages 2-4 of one seed (seed_paths has run)
+# stages 2-4 of one seed (seed_paths has run); stages 3 and 4 depend on stage 2 through its key
 run_seed() {
+  stage_inputs --value "upstream=$upstream" --file "upstream checkpoint=$ckpt" --file "downstream config=$config" \
+    --file "character dictionary=$dict_path" --value "settings=$settings" --value "seed=$seed" \
+    --value "layer=${layer:-weighted sum}"
+  stage_outputs "$run_dir"
   run_stage 2 "train (seed $seed${layer:+, layer $layer}): $upstream $ckpt + $librispeech/train-clean-100 -> $run_dir" stage_train
+  stage_outputs "$run_dir/test-clean.log" "$run_dir"/test-clean-*.ark "$run_dir/result.json"
   run_stage 3 "test: $run_dir (best on dev-clean) + test-clean -> $run_dir/test-clean.log" stage_test
+  stage_outputs "$run_dir/result.json"
   run_stage 4 "score: $run_dir/test-clean.log -> $run_dir/result.json" stage_score
 }
 for_each_seed run_seed
-log "done: $dir/seed<S> for seeds $seeds"
+write_manifest asr
+log "done: $dir/seed<S> for seeds $seeds (manifest: $dir/manifest.json)"

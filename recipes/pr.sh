@@ -6,8 +6,9 @@
 #       --lexicon "data/librispeech-lexicon.txt data/g2p-lexicon.txt" --expdir exp/superb/score_hubert \
 #       [--seeds "0 1 2"]
 #
-# Stages (--stage N --stop-stage M; a finished stage is skipped on a rerun, --force true redoes it);
-# stages 2-4 run once per downstream seed, into EXPDIR/pr/seed<S>/ (score-results: mean and sd over seeds):
+# Stages (--stage N --stop-stage M; a stage reruns when the content of its inputs changed, clearing what it
+# wrote before, and is skipped otherwise; --force true redoes it); stages 2-4 run once per downstream seed,
+# into EXPDIR/pr/seed<S>/; EXPDIR/pr/manifest.json lists the seeds of the last run (score-results: mean and sd):
 #   1 data preparation: check LibriSpeech + lexicon, resolve the config -> EXPDIR/pr/data/config.yaml
 #   2 train:            score-s3prl -m train -d ctc --seed S            -> EXPDIR/pr/seed<S>/dev-best.ckpt
 #   3 test:             score-s3prl -m evaluate -t test                 -> EXPDIR/pr/seed<S>/test.log
@@ -62,6 +63,8 @@ check_seeds
 recipe_paths pr
 librispeech="$(abspath "$librispeech")"
 [ -n "$lexicon" ] || lexicon="$(dirname "$librispeech")/librispeech-lexicon.txt"
+[ -n "$config" ] || config="$("$py" -c 'from score_upstream.s3prl.superb import asset_path; print(asset_path("pr/config.yaml"))')"
+settings="$(downstream_settings corpus "config.optimizer.lr=$lr")"  # s3prl overrides that decide the result
 lexicon_hint="get librispeech-lexicon.txt from OpenSLR 11 (https://www.openslr.org/11/) plus optional g2p lexicons (librispeech-lexicon-200k-g2p.txt, librispeech-lexicon-allothers-g2p.txt) and pass them with --lexicon"
 
 stage_prepare() {
@@ -72,8 +75,7 @@ stage_prepare() {
     lexicons+=("$(abspath "$lex")")
   done
   [ ${#lexicons[@]} -gt 0 ] || die "missing lexicon (--lexicon): $lexicon_hint"
-  local args=(--librispeech "$librispeech" --lexicon "${lexicons[@]}" --out "$dir/data/config.yaml")
-  [ -z "$config" ] || args+=(--config "$config")
+  local args=(--librispeech "$librispeech" --lexicon "${lexicons[@]}" --out "$dir/data/config.yaml" --config "$config")
   "$py" -m score_upstream.s3prl.superb.pr.prepare "${args[@]}" || exit 2  # it printed one error line
 }
 
@@ -82,7 +84,7 @@ stage_train() {
   require_ckpt "$ckpt"
   stage_done 1 || die "missing resolved config $dir/data/config.yaml (stage 1 did not finish): run with --stage 1"
   require_file "$dir/data/config.yaml" "resolved PR config of stage 1" "run with --stage 1"
-  train_downstream ctc "$dir/data/config.yaml" corpus "config.optimizer.lr=$lr"
+  train_downstream ctc "$dir/data/config.yaml" corpus "" "$settings"
 }
 
 stage_test() {
@@ -97,12 +99,24 @@ stage_score() {
   score_log "$run_dir/test.log" per "$run_dir/result.json"
 }
 
+lexicon_inputs=()
+for lex in $lexicon; do lexicon_inputs+=(--file "lexicon $((${#lexicon_inputs[@]} / 2 + 1))=$(abspath "$lex")"); done
+stage_inputs --tree "train-clean-100=$librispeech/train-clean-100" --tree "dev-clean=$librispeech/dev-clean" \
+  --tree "test-clean=$librispeech/test-clean" --file "base config=$config" ${lexicon_inputs[@]+"${lexicon_inputs[@]}"}
+stage_outputs "$dir/data"
 run_stage 1 "data preparation: $librispeech + [$lexicon] -> $dir/data/config.yaml" stage_prepare
-# stages 2-4 of one seed (seed_paths has run)
+# stages 2-4 of one seed (seed_paths has run); stages 3 and 4 depend on stage 2 through its key
 run_seed() {
+  stage_inputs --value "upstream=$upstream" --file "upstream checkpoint=$ckpt" \
+    --file "downstream config=$dir/data/config.yaml" --value "settings=$settings" --value "seed=$seed" \
+    --value "layer=${layer:-weighted sum}"
+  stage_outputs "$run_dir"
   run_stage 2 "train (seed $seed${layer:+, layer $layer}): $upstream $ckpt + train-clean-100 -> $run_dir" stage_train
+  stage_outputs "$run_dir/test.log" "$run_dir/test-hyp.ark" "$run_dir/test-ref.ark" "$run_dir/result.json"
   run_stage 3 "test: $run_dir/dev-best.ckpt + test-clean -> $run_dir/test.log" stage_test
+  stage_outputs "$run_dir/result.json"
   run_stage 4 "score: $run_dir/test.log -> $run_dir/result.json" stage_score
 }
 for_each_seed run_seed
-log "done: $dir/seed<S> for seeds $seeds"
+write_manifest pr
+log "done: $dir/seed<S> for seeds $seeds (manifest: $dir/manifest.json)"

@@ -10,7 +10,9 @@
 # The last layer's eval MTWV is reported beside the chosen one either way (SCORE moves only the last
 # layers, which the best-layer protocol may not pick), each eval MTWV with a bootstrap interval over queries.
 #
-# Stages (--stage N --stop-stage M; a finished stage is skipped on a rerun, --force true redoes it):
+# Stages (--stage N --stop-stage M; a stage reruns when the content of its inputs changed (checkpoint bytes,
+# upstream, layer protocol, QUESST tree), clearing what it wrote before, and is skipped otherwise; --force true
+# redoes it):
 #   1 data preparation: check the QUESST 2014 tree and its ground truth
 #   2 dev search:       score-qbe + TWV on dev, every layer (or the fixed one) -> EXPDIR/qbe/dev/layer<L>/
 #   3 test:             score-qbe on eval with the chosen and the last layer       -> EXPDIR/qbe/eval/layer<L>/
@@ -110,8 +112,16 @@ stage_score() {
     --last-layer "$(cat "$dir/last_layer.txt")" --protocol "$protocol" --quesst-root "$quesst_root" || exit 2
 }
 
+stage_inputs --tree "QUESST database=$quesst_root"
 run_stage 1 "data preparation: $quesst_root" stage_prepare
+stage_inputs --value "upstream=$upstream" --file "upstream checkpoint=$ckpt" --value "layer=$layer"
+stage_outputs "$dir/dev" "$dir/dev.log" "$dir/dev_layer.txt" "$dir/last_layer.txt"
 run_stage 2 "dev search: $upstream $ckpt, layers $layer + $quesst_root dev -> $dir/dev" stage_dev
+# the eval search reads the checkpoint again: its content is part of this stage's key too
+stage_inputs --value "upstream=$upstream" --file "upstream checkpoint=$ckpt"
+stage_outputs "$dir/eval" "$dir/eval.log"
 run_stage 3 "test: chosen and last layer + $quesst_root eval -> $dir/eval" stage_eval
+stage_inputs --value "official scorer=$official"
+stage_outputs "$dir/qbe_result.json"
 run_stage 4 "score: $dir/{dev,eval} -> $dir/qbe_result.json" stage_score
 log "done: $dir"

@@ -283,12 +283,12 @@ def test_run_stage_markers_skip_finished_work(tmp_path):
         'work() { echo "ran $1" >> "$STAGE_DIR/calls"; }\n'
         'fail() { return 3; }\n'
         'run_stage 1 "one: a -> b" work 1\n'
-        'run_stage 2 "two: $1" work 2\n'
+        'stage_inputs --value "arg=$1"; run_stage 2 "two: $1" work 2\n'
         '[ "${2-}" != fail ] || run_stage 3 "three" fail\n'
     )
     assert _bash(script, "x").returncode == 0
     assert _bash(script, "x").returncode == 0  # both stages skipped
-    assert _bash(script, "y").returncode == 0  # stage 2's description changed: it runs again
+    assert _bash(script, "y").returncode == 0  # stage 2's input changed: it runs again
     assert (tmp_path / "calls").read_text().split("\n")[:-1] == ["ran 1", "ran 2", "ran 2"]
     proc = _bash(script, "y", "fail")
     assert proc.returncode == 3 and not (tmp_path / ".stage3.done").exists()

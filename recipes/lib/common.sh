@@ -96,32 +96,51 @@ _score_is_option() {
   [[ " ${OPTIONS} " == *" $1 "* ]]
 }
 
-# run_stage N DESCRIPTION FUNCTION [ARGS...]: runs FUNCTION when stage <= N <= stop_stage.
-# A marker $STAGE_DIR/.stageN.done holding DESCRIPTION is written on success; a rerun with the
-# same description skips the stage (--force true reruns it) as long as every earlier stage is marked
-# done too. Change an input or output path and the description changes, so the stage runs again.
-# Running a stage drops the markers of all later stages, whose results depended on it, here and in the
-# per-seed folders below STAGE_DIR. A per-seed run (seed_paths) finds the markers of the stages its
-# seeds share (data preparation) in STAGE_PARENT.
+# stage_inputs [--value NAME=TEXT | --file NAME=PATH | --tree NAME=DIR]...: what the next run_stage's result
+# depends on: settings as text, a checkpoint or config by its content (SHA-256, cached), a data folder by its
+# path and file listing. The code version and the earlier stages' keys are added by score_upstream.stages.
+stage_inputs() { STAGE_INPUTS=("$@"); }
+
+# stage_outputs PATH...: what the next run_stage writes (inside STAGE_DIR); removed before it runs when those
+# files may come from other inputs (another key recorded, no record, or --force true).
+stage_outputs() { STAGE_OUTPUTS=("$@"); }
+
+# run_stage N DESCRIPTION FUNCTION [ARGS...]: runs FUNCTION when stage <= N <= stop_stage, unless it is done:
+# $STAGE_DIR/.stageN.done holds the key of the inputs (stage_inputs) it was made from, and every earlier
+# stage is done. The key is computed by one `python -m score_upstream.stages check` call, which also
+# removes the outputs (stage_outputs) when the key changed, saying why in one log line, and records the key in
+# .stageN.inprogress; that file becomes .stageN.done when FUNCTION succeeds. An interrupted run with the same
+# key resumes (STAGE_ACTION=resume; train_downstream passes s3prl's -a only then). DESCRIPTION is for people
+# (kept in the marker), never part of the key. A per-seed run (seed_paths) finds the markers of the stages
+# its seeds share (data preparation) in STAGE_PARENT.
 run_stage() {
   local n="$1" what="$2" fn="$3"; shift 3
+  local inputs=(${STAGE_INPUTS[@]+"${STAGE_INPUTS[@]}"}) outputs=() o decision why
+  for o in ${STAGE_OUTPUTS[@]+"${STAGE_OUTPUTS[@]}"}; do outputs+=(--clean "$o"); done
+  STAGE_INPUTS=(); STAGE_OUTPUTS=()
   if [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ]; then
     return 0
   fi
-  local marker="${STAGE_DIR:?STAGE_DIR must be set before run_stage}/.stage${n}.done" k chain=true
-  for (( k = 1; k < n; k++ )); do
-    stage_done "$k" || chain=false
-  done
-  if [ "${force:-false}" != "true" ] && [ "$chain" = true ] && [ -f "$marker" ] && [ "$(cat "$marker")" = "$what" ]; then
+  local marker="${STAGE_DIR:?STAGE_DIR must be set before run_stage}/.stage${n}.done"
+  decision="$("$(score_python)" -m score_upstream.stages check --dir "$STAGE_DIR" ${STAGE_PARENT:+--parent "$STAGE_PARENT"} \
+    --stage "$n" --what "$what" ${inputs[@]+"${inputs[@]}"} ${outputs[@]+"${outputs[@]}"} \
+    $([ "${force:-false}" != true ] || echo --force))" || exit 2  # it printed one error line
+  STAGE_ACTION="${decision%%$'\t'*}"; why="${decision#*$'\t'}"
+  if [ "$STAGE_ACTION" = skip ]; then
     log "Stage $n: $what (done, skipping; remove $marker to redo)"
     return 0
   fi
+  [ -z "$why" ] || log "Stage $n: $why"
   log "Stage $n: $what"
-  mkdir -p "$STAGE_DIR"
-  # this stage and every later one are redone: their old results no longer count
-  for (( k = n; k <= 99; k++ )); do rm -f "$STAGE_DIR/.stage$k.done" "$STAGE_DIR"/*/.stage"$k".done; done
   "$fn" "$@"
-  printf '%s\n' "$what" > "$marker"
+  mv -f "$STAGE_DIR/.stage$n.inprogress" "$marker"
+}
+
+# write_manifest TASK: records in $dir/manifest.json the seeds this run wrote (each with its key) and their
+# settings, once the last stage (4) ran; score-results and report.paired read exactly these seed folders.
+write_manifest() {
+  [ "$stop_stage" -ge 4 ] && [ "$stage" -le 4 ] || return 0
+  "$(score_python)" -m score_upstream.stages manifest --dir "$dir" --task "$1" --seeds "$seeds" --last-stage 4 || exit 2
 }
 
 # stage_done N: true when stage N of this experiment (or, for a per-seed run, of the stages its seeds
@@ -218,22 +237,34 @@ recipe_paths() {
   [ -z "$ckpt" ] || ckpt="$(abspath "$ckpt")"
 }
 
-# train_downstream DOWNSTREAM CONFIG SECTION OVERRIDES: score-s3prl -m train --seed $seed of
-# $upstream/$ckpt into $run_dir (seed_paths). After the recipe's own OVERRIDES come the options the ASR and PR recipes share: --max-steps
-# (total, eval and save steps; log every min(N, 100)), --layer (one hidden state instead of SUPERB's
-# weighted sum of all; s3prl -l), --num-workers and --batch-size under
-# config.downstream_expert.SECTION, and last the user's -o overrides. Stops when no checkpoint was written.
-train_downstream() {
-  local downstream="$1" config="$2" section="$3" o="$4"
+# downstream_settings SECTION [OVERRIDES]: the s3prl overrides that decide an ASR or PR run's result, in the
+# order applied: the recipe's own OVERRIDES (e.g. the learning rate), then the options both recipes share:
+# --max-steps (total, eval and save steps; log every min(N, 100)) and --batch-size under
+# config.downstream_expert.SECTION, and last the user's -o overrides. Part of the training stage's key.
+downstream_settings() {
+  local section="$1" o="${2-}"
   if [ -n "$max_steps" ]; then
     o+=",,config.runner.total_steps=$max_steps,,config.runner.eval_step=$max_steps,,config.runner.save_step=$max_steps"
     o+=",,config.runner.log_step=$(( max_steps < 100 ? max_steps : 100 ))"
   fi
-  o+=",,config.downstream_expert.$section.num_workers=$num_workers"
   [ -z "$batch_size" ] || o+=",,config.downstream_expert.$section.batch_size=$batch_size"
   [ -z "$overrides" ] || o+=",,$overrides"
-  run_logged "$run_dir/train.log" score-s3prl -m train -a -u "$upstream" -k "$ckpt" -d "$downstream" -c "$config" \
-    -p "$run_dir" --seed "${seed:?seed_paths must run first}" --device "$device" ${layer:+-l "$layer"} -o "$o"
+  printf '%s\n' "${o#,,}"
+}
+
+# train_downstream DOWNSTREAM CONFIG SECTION DATA_OVERRIDES SETTINGS: score-s3prl -m train --seed $seed of
+# $upstream/$ckpt into $run_dir (seed_paths), with DATA_OVERRIDES (data paths; their identity is stage 1's
+# key), --num-workers under config.downstream_expert.SECTION, then SETTINGS (downstream_settings); --layer
+# trains on one hidden state instead of SUPERB's weighted sum of all (s3prl -l). s3prl's -a (resume from the
+# newest states-*.ckpt, whose stored arguments replace ours) is passed only when run_stage found an interrupted
+# run from the same inputs. Stops when no checkpoint was written.
+train_downstream() {
+  local downstream="$1" config="$2" section="$3" o="$4" settings="$5" resume=()
+  [ "${STAGE_ACTION:-run}" != resume ] || resume=(-a)
+  o="${o:+$o,,}config.downstream_expert.$section.num_workers=$num_workers${settings:+,,$settings}"
+  run_logged "$run_dir/train.log" score-s3prl -m train ${resume[@]+"${resume[@]}"} -u "$upstream" -k "$ckpt" \
+    -d "$downstream" -c "$config" -p "$run_dir" --seed "${seed:?seed_paths must run first}" --device "$device" \
+    ${layer:+-l "$layer"} -o "$o"
   ls "$run_dir"/states-*.ckpt >/dev/null 2>&1 || die "training wrote no checkpoint in $run_dir; see $run_dir/train.log"
 }
 
