@@ -144,3 +144,34 @@ def test_resume_refuses_a_changed_recipe_key_and_keeps_every_config(tiny_corpus,
     assert len(kept) == 2  # the two starts that ran; refused starts write nothing
     assert "lr: 0.001" in kept[0].read_text() and "lr: 0.005" in kept[1].read_text()
     assert (out / "config.yaml").read_text() == kept[1].read_text()
+
+
+def test_spin_drops_a_failing_utterance_and_keeps_its_sinkhorn_batch_whole(bad_corpus, failing_encoder, tmp_path,
+                                                                           monkeypatch, caplog):
+    from score_upstream.training.methods.spin import Spin
+
+    root, bad = bad_corpus
+    for name in ("corrupt", "nan", "perturb"):  # only the file that cannot be encoded stays bad
+        bad[name].unlink()
+    batches = []  # utterances of every batch SPIN trained on (with gradient)
+    pair_losses = Spin.pair_losses
+
+    def recording(self, model, mb, *args):
+        out = pair_losses(self, model, mb, *args)
+        if torch.is_grad_enabled():
+            batches.append(list(mb.indices))
+        return out
+
+    monkeypatch.setattr(Spin, "pair_losses", recording)
+    caplog.set_level(logging.WARNING)
+    recipe = RECIPE.parents[1] / "spin" / "tiny.yaml"
+    cfg = T.load_config(recipe, ["optim.total_steps=3", "optim.warmup_steps=1", "data.utterances_per_update=4",
+                                 "data.max_failed_fraction=0.5", "progress=false"])
+    trainer = T.Trainer(cfg, root, tmp_path / "run")
+    encode_fails = next(i for i, u in enumerate(trainer.utts) if u.path == str(bad["encode"]))
+    res = trainer.fit()
+    assert res["step"] == 3 and res["failed_files"] == [str(bad["encode"])]
+    assert _reports(caplog, bad["encode"]) == 1
+    # one Sinkhorn batch per update: 4 utterances, or 3 where the failing one was drawn (never split to 1)
+    assert len(batches) == 3 and all(len(b) == 4 or (len(b) == 3 and encode_fails not in b) for b in batches)
+    assert any(len(b) == 3 for b in batches)

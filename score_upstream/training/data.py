@@ -262,9 +262,14 @@ class MicroBatch:
 
     def select(self, k: int) -> "MicroBatch":
         """Pair ``k`` alone, trimmed to its own lengths."""
-        n, m = int(self.student_lengths[k]), int(self.target_lengths[k])
-        return MicroBatch(self.student[k:k + 1, :n], self.student_lengths[k:k + 1], self.target[k:k + 1, :m],
-                          self.target_lengths[k:k + 1], [self.indices[k]])
+        return self.subset([k])
+
+    def subset(self, ks: list[int]) -> "MicroBatch":
+        """Pairs ``ks`` as one micro-batch, the padding trimmed to the longest of them."""
+        idx = torch.tensor(ks, dtype=torch.long)
+        sl, tl = self.student_lengths[idx], self.target_lengths[idx]
+        return MicroBatch(self.student[idx, :int(sl.max())], sl, self.target[idx, :int(tl.max())], tl,
+                          [self.indices[k] for k in ks])
 
 
 @dataclass

@@ -21,8 +21,9 @@ Run::
 Each update averages the method's loss over ``data.utterances_per_update`` (view, view) pairs (SCORE: the
 soft-DTW divergence of each pair, normalised by its own N + M) and steps s3prl's AdamW
 (:mod:`.optim`) or, with ``optim.name=adam``, torch's Adam. Processes split
-every update's utterances; their gradients are summed with one all-reduce per update, so any
-micro-batching gives the same update as batch 1 x accumulation. Updates run across epoch boundaries
+every update's utterances; their gradients are summed with one all-reduce per update, so for SCORE and
+LASER any micro-batching gives the same update as batch 1 x accumulation (SPIN's Sinkhorn couples a batch's
+utterances: its recipes hold an update in one micro-batch, which a failing utterance never splits). Updates run across epoch boundaries
 as s3prl's runner counts backward steps (no utterance dropped). A file that cannot be loaded,
 perturbed or encoded is reported once and skipped; more than ``data.max_failed_fraction`` of them stops
 the run. Resuming refuses a changed recipe key unless ``--allow-config-change`` is given.
@@ -428,21 +429,42 @@ class Trainer:
         """Forward and backward of one micro-batch: ``(summed pair losses, pairs, processed seconds)``.
 
         A micro-batch that cannot be encoded is retried pair by pair; a pair that still fails is reported
-        and left out.
+        and left out. Where the method's pairs are not independent (SPIN's Sinkhorn batch), each pair is only
+        tried alone without gradient to find the failing ones, and the rest is trained as one batch again.
         """
         try:
             div = self.method.pair_losses(self.model, mb, self.device, self._autocast, self.loss_fn)
         except ITEM_ERRORS as e:
             if _out_of_memory(e):
                 raise
-            if len(mb.indices) > 1:
+            if len(mb.indices) > 1 and self.method.pairs_independent:
                 parts = [self._backward(mb.select(k), failures) for k in range(len(mb.indices))]
                 return (sum((p[0] for p in parts), torch.zeros((), device=self.device)), sum(p[1] for p in parts),
                         sum(p[2] for p in parts))
+            if len(mb.indices) > 1:
+                good = [k for k in range(len(mb.indices)) if self._encodes_alone(mb, k, failures)]
+                if len(good) == len(mb.indices):
+                    raise TrainError(f"a {self.method.name} batch failed although each of its {len(good)} "
+                                     f"utterances encodes alone: {type(e).__name__}: {e}") from e
+                if good:
+                    return self._backward(mb.subset(good), failures)
+                return torch.zeros((), device=self.device), 0, 0.0
             self._fail(failures, mb.indices[0], f"cannot be encoded ({type(e).__name__}: {e})")
             return torch.zeros((), device=self.device), 0, 0.0
         div.sum().backward()
         return div.detach().sum(), len(mb.indices), self.method.processed_seconds(mb)
+
+    def _encodes_alone(self, mb: MicroBatch, k: int, failures: dict) -> bool:
+        """Whether pair ``k`` of ``mb`` goes through the method alone (no gradient); reports it if not."""
+        try:
+            with torch.no_grad():
+                self.method.pair_losses(self.model, mb.select(k), self.device, self._autocast, self.loss_fn)
+            return True
+        except ITEM_ERRORS as e:
+            if _out_of_memory(e):
+                raise
+            self._fail(failures, mb.indices[k], f"cannot be encoded ({type(e).__name__}: {e})")
+            return False
 
     def train_update(self, batch: UpdateBatch) -> dict | None:
         """Forward/backward over the micro-batches, sum gradients over processes, step. None if skipped."""

@@ -56,6 +56,9 @@ class Method:
     title = ""  # one line for checkpoints and logs
     # views of a pair that go through the trainable model (view speech)
     trainable_views: tuple[str, ...] = ("student",)
+    # each pair's loss depends on that pair alone, so a micro-batch may be split anywhere (SPIN: False, its
+    # Sinkhorn targets balance the codewords over all frames of the batch)
+    pairs_independent = True
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg

@@ -104,6 +104,7 @@ class Spin(Method):
     name = "spin"
     title = "SPIN speaker-invariant clustering (swapped prediction)"
     trainable_views = ("student", "target")
+    pairs_independent = False
 
     def build_perturbation(self):
         from score_upstream.augment.speaker import SpeakerPerturbation
