@@ -7,6 +7,7 @@ Usage::
     bundle = load_model("WavLM-Base+.pt")      # HubertBundle or WavLMBundle, by content
     bundle.family                               # "hubert" | "wavlm"
     save_s3prl(bundle, "exp/wavlm.pt")          # the s3prl input of that family (hubert_local / wavlm_local)
+    read_shape("WavLM-Base+.pt").layers         # 12: family, format and depth without building the network
 
 Both bundles hold s3prl's own network (``bundle.model``) with the same attribute layout
 (``feature_extractor``, ``layer_norm``, ``post_extract_proj``, ``encoder.layers``), which is what the
@@ -16,11 +17,61 @@ trainer and the s3prl upstream rely on.
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from score_upstream.models.formats import CheckpointError, read_checkpoint
 
 FAMILIES = ("hubert", "wavlm")
+_LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class CheckpointShape:
+    """What a checkpoint's config and weights say about its network, read without building it.
+
+    Attributes:
+        family: ``"hubert"`` or ``"wavlm"``.
+        source_format: the reader that read it (``s3prl``, ``fairseq``, ``hf``, ``spin``, ``wavlm``, ``wavlm_hf``).
+        layers: transformer layers (``encoder_layers``; 12 for Base, 24 for Large).
+        embed_dim: transformer width (``encoder_embed_dim``), None where the config does not say.
+    """
+
+    family: str
+    source_format: str
+    layers: int
+    embed_dim: int | None
+
+    @property
+    def last_hidden_state(self) -> int:
+        """Index of the last hidden state s3prl's experts return (the CNN output is 0, layer k's output is k)."""
+        return self.layers
+
+
+def read_shape(path: str | os.PathLike, family: str | None = None) -> CheckpointShape:
+    """Family, format, depth and width of a checkpoint of any supported format, from its config and weights.
+
+    The depth is the config's ``encoder_layers`` (fairseq's default 12 when absent) and must agree with the
+    ``encoder.layers.<k>.`` weights the file holds, which is what the network loaded from it will have.
+
+    Raises:
+        CheckpointError: one line naming the file: unreadable, another family than ``family``, or a config
+            whose layer count disagrees with its weights.
+    """
+    raw = read_checkpoint(path)
+    found = getattr(raw, "family", "hubert")
+    if family is not None and found != family:
+        raise CheckpointError(f"{path}: a {found} checkpoint ({raw.source_format} format); expected a {family} one")
+    cfg = raw.cfg if found == "wavlm" else raw.model_cfg
+    layers = int(cfg.get("encoder_layers", 12))
+    indices = {int(m.group(1)) for m in map(_LAYER_KEY.match, raw.state_dict) if m}
+    if indices != set(range(layers)):
+        held = f"layers {min(indices)}..{max(indices)} ({len(indices)})" if indices else "no encoder.layers.* weights"
+        raise CheckpointError(f"{path}: its config says encoder_layers={layers} but its weights hold {held}; "
+                              f"expected one weight group per layer (a truncated or edited checkpoint?)")
+    embed = cfg.get("encoder_embed_dim")
+    return CheckpointShape(found, raw.source_format, layers, int(embed) if embed is not None else None)
 
 
 def load_model(path: str | os.PathLike, family: str | None = None):

@@ -96,14 +96,15 @@ def select_layer(dev_dir: str | Path) -> tuple[int, float]:
 
 
 def last_layer(ckpt: str | Path) -> int:
-    """Index of the last hidden state of a HuBERT checkpoint (= its transformer layer count).
+    """Index of the last hidden state of a HuBERT or WavLM checkpoint (= its transformer layer count).
 
-    s3prl's HuBERT experts return the CNN output projected (index 0) and each layer's output, so
-    the last one is ``encoder_layers`` (12 for HuBERT Base).
+    s3prl's HuBERT and WavLM experts (``hubert_local``, ``wavlm_local``, ``score_hubert``, ``score_wavlm``)
+    return the CNN output projected (index 0) and each layer's output, so the last one is ``encoder_layers``
+    (12 for Base). Read through the family-aware loader, from any format it reads, without building the network.
     """
-    from score_upstream.models.hubert import load_hubert
+    from score_upstream.models.loader import read_shape
 
-    return int(load_hubert(ckpt).model_cfg["encoder_layers"])
+    return read_shape(ckpt).last_hidden_state
 
 
 def ground_truth_scope(quesst_root: str | Path, split: str = "eval") -> str:
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     p_score.add_argument("split_dir", help="folder holding layer<L>/benchmark.stdlist.xml")
     p_score.add_argument("groundtruth_dir", help="scoring/groundtruth_quesst14_<split> of the database")
     p_last = sub.add_parser("last-layer", help="print the index of a checkpoint's last hidden state")
-    p_last.add_argument("ckpt", help="HuBERT checkpoint (any format load_hubert reads)")
+    p_last.add_argument("ckpt", help="HuBERT or WavLM checkpoint (any format score_upstream.models.loader reads)")
     args = parser.parse_args(argv)
     try:
         if args.command == "score":
