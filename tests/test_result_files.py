@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -115,10 +116,10 @@ def test_score_results_files(tmp_path):
     assert rows[1]["train_speech_h"] == "1.5"
     md = (out / "superb.md").read_text()
     assert "> DEMO | numbers  \n> on two lines  " in md
-    reproduced, reported = markdown_tables(md)
-    assert [r[0] for r in reproduced[1:]] == ["HuBERT", NAME]
-    assert reproduced[2][-1].startswith("score|hubert, v1") and reproduced[0][-5:-1] == [
-        "Method", "Speech h", "Speech vs SPIN", "View h through model"]
+    summary, reproduced, reported, sources = markdown_tables(md)
+    assert [r[0] for r in summary[1:]] == [r[0] for r in reproduced[1:]] == ["HuBERT", NAME]
+    assert reproduced[0][-4:] == ["Method", "Speech h", "Speech vs SPIN", "View h through model"]
+    assert sources[2][:3] == [NAME, os.path.relpath(new), "score|hubert, v1"]  # paths relative to the working dir
     assert len(reported) > 2
 
 

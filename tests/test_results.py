@@ -122,7 +122,7 @@ def test_cli_writes_csv_md_plot(tmp_path, capsys):
     assert banner in md and "git commit" in md and "torch 2." in md and "s3prl" in md
     assert "| SCORE | score | 38.00 | 45.00 | 0.2500 | 12 | +5.00% | +10.00% | +25.00% |" in md
     assert "| unfinished | other | missing | missing | missing | missing |" in md
-    assert "SPIN" not in md.split("## Reproduced")[1].split("\n")[2]  # no vs-SPIN columns without a SPIN row
+    assert "SPIN" not in md.split("## All columns")[1].split("\n")[2]  # no vs-SPIN columns without a SPIN row
     csv = pd.read_csv(out / "superb.csv", comment="#")
     assert list(csv["model"]) == ["HuBERT", "SCORE", "unfinished"]
     assert csv.loc[2, "wer"] == "missing"
@@ -241,7 +241,7 @@ def test_speech_hours_follow_the_papers_accounting(tmp_path):
     out = tmp_path / "out"
     assert results.main([str(d) for d in dirs] + ["--out", str(out), "--no-reported"]) == 0
     md = (out / "superb.md").read_text()
-    assert "| Method | Speech h | Speech vs SPIN | View h through model | Checkpoint |" in md
+    assert "| Method | Speech h | Speech vs SPIN | View h through model |\n|---|" in md
     assert "| score | 101.00 | 0.28x | 101.00 |" in md and "| spin | 356.00 | 1.00x | 711.00 |" in md
     assert "| score | missing | n/a | 99.00 |" in md
     assert "Speech h counts the input audio drawn for the fine-tuning updates, as the SCORE paper does" in md

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import shlex
 import statistics
 import sys
 from dataclasses import dataclass
@@ -41,12 +40,18 @@ import numpy as np
 from score_upstream.qbe.bootstrap import LEVEL, N_RESAMPLES, SEED, query_counts, resampled_max_twv
 from score_upstream.qbe.stdlist import STDLIST_NAME
 from score_upstream.qbe.twv import TWVError, max_twv, read_ground_truth, read_stdlist
+from score_upstream.report.experiments import (
+    LAST, LOWER_IS_BETTER, ModelResult, ResultsError, qbe_mismatch, read_experiment,
+)
+from score_upstream.report.provenance import header_lines
 from score_upstream.report.render import markdown_table, provenance_block, write_csv, write_text
-from score_upstream.report.results import LAST, LOWER_IS_BETTER, ModelResult, ResultsError, read_experiment
 
 logger = logging.getLogger(__name__)
 
 LABEL = {"wer": "WER %", "per": "PER %", "mtwv": "MTWV (protocol layer)", LAST: "MTWV last layer"}
+FEW_SEEDS = "n/a (fewer than 2 seeds in common)"
+NO_GROUNDTRUTH = "n/a (no --groundtruth)"
+NO_SCORES = "n/a (no eval scores to resample)"
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,11 @@ class Difference:
         """``yes`` / ``no`` (interval wholly on the improving / worsening side), ``not shown`` otherwise."""
         lo, hi = (-self.high, -self.low) if LOWER_IS_BETTER[self.metric] else (self.low, self.high)
         return "yes" if lo > 0 else "worse" if hi < 0 else "not shown"
+
+    @property
+    def verdict(self) -> str:
+        """``better`` / ``worse`` / ``not shown``: :attr:`better` in the words of the results summary."""
+        return {"yes": "better"}.get(self.better, self.better)
 
 
 def seed_difference(metric: str, base: dict, new: dict, level: float = LEVEL) -> Difference | None:
@@ -111,21 +121,39 @@ def _stdlist_scores(expdir: Path, layer: int | None, gt) -> np.ndarray | None:
     return read_stdlist(path, gt).scores
 
 
+def differences(base: ModelResult, new: ModelResult, gt=None) -> dict[str, Difference | str]:
+    """Every paired difference of ``new`` against ``base``: metric -> :class:`Difference`, or why there is none.
+
+    A metric either row lacks is left out. WER/PER: paired by seed (:func:`seed_difference`); MTWV and the last
+    layer's: paired bootstrap over queries (:func:`bootstrap_difference`) of the ``benchmark.stdlist.xml`` in
+    each row's ``expdir/qbe/eval/layer<L>/``, when ``gt`` (:class:`score_upstream.qbe.twv.GroundTruth`, the
+    eval ground truth) is given and the two MTWVs are comparable (same QbE protocol and scope).
+    """
+    out: dict[str, Difference | str] = {}
+    for metric in ("wer", "per"):
+        if getattr(base, metric) is not None and getattr(new, metric) is not None:
+            d = seed_difference(metric, base.runs.get(metric, {}), new.runs.get(metric, {}))
+            out[metric] = FEW_SEEDS if d is None else d
+    for metric, attr in (("mtwv", "qbe_layer"), (LAST, "qbe_last_layer")):
+        if getattr(base, metric) is None or getattr(new, metric) is None:
+            continue
+        if gt is None or base.expdir is None or new.expdir is None:
+            out[metric] = qbe_mismatch(new, base, metric) or NO_GROUNDTRUTH
+            continue
+        out[metric] = qbe_mismatch(new, base, metric) or NO_SCORES
+        if out[metric] == NO_SCORES:
+            b = _stdlist_scores(base.expdir, getattr(base, attr), gt)
+            n = _stdlist_scores(new.expdir, getattr(new, attr), gt)
+            if b is not None and n is not None:
+                out[metric] = bootstrap_difference(metric, b, n, gt.targets)
+    return out
+
+
 def compare_models(base_dir: Path, new_dir: Path, groundtruth: Path | None) -> tuple[ModelResult, list[Difference]]:
     """Every paired difference of ``new_dir``'s model against ``base_dir``'s that both folders allow."""
     base, new = read_experiment(base_dir), read_experiment(new_dir)
-    out = []
-    for metric in ("wer", "per"):
-        d = seed_difference(metric, base.runs.get(metric, {}), new.runs.get(metric, {}))
-        if d is not None:
-            out.append(d)
-    if groundtruth is not None:
-        gt = read_ground_truth(groundtruth)
-        for metric, attr in (("mtwv", "qbe_layer"), (LAST, "qbe_last_layer")):
-            b, n = _stdlist_scores(base_dir, getattr(base, attr), gt), _stdlist_scores(new_dir, getattr(new, attr), gt)
-            if b is not None and n is not None:
-                out.append(bootstrap_difference(metric, b, n, gt.targets))
-    return new, out
+    gt = read_ground_truth(groundtruth) if groundtruth is not None else None
+    return new, [d for d in differences(base, new, gt).values() if isinstance(d, Difference)]
 
 
 CSV_FIELDS = ["model", "metric", "base", "new", "diff", "low", "high", "relative_pct", "better", "method"]
@@ -158,23 +186,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--banner", default="", help="warning line on top, e.g. for demo numbers")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from score_upstream.report.results import provenance
-
     try:
-        gt = Path(args.groundtruth) if args.groundtruth else None
+        gt = read_ground_truth(args.groundtruth) if args.groundtruth else None
+        base = read_experiment(args.base)
         rows = []
         for d in args.expdirs:
-            model, diffs = compare_models(Path(args.base), Path(d), gt)
-            rows += [(model.name, x) for x in diffs]
-        info = provenance(argv)
-        info["command"] = "python -m score_upstream.report.paired " + shlex.join(argv if argv is not None else sys.argv[1:])
+            new = read_experiment(d)
+            rows += [(new.name, x) for x in differences(base, new, gt).values() if isinstance(x, Difference)]
     except (ResultsError, TWVError) as e:
         print(f"paired: error: {e}", file=sys.stderr)
         return 2
-    header = ([args.banner] if args.banner else []) + [
-        f"Generated by `{info['command']}` at {info['time_utc']} UTC; do not edit by hand.",
-        f"Versions: {info['versions']}; git commit {info['git_commit']}."]
-    md, records = render(read_experiment(args.base).name, rows, header)
+    header = header_lines("python -m score_upstream.report.paired", argv, args.banner)
+    md, records = render(base.name, rows, header)
     out = Path(args.out)
     write_text(md, out / "paired.md")
     write_csv(records, out / "paired.csv", header, fieldnames=CSV_FIELDS)

@@ -1,503 +1,82 @@
-"""SUPERB result tables: what the runs wrote, next to what papers reported, with relative improvements.
+"""``score-results``: the SUPERB results page of a set of experiments, next to what papers reported.
 
 Run it as::
 
-    score-results exp/hubert exp/score exp/spin --out results/
+    score-results exp/hubert exp/score exp/spin --out results/ \\
+        --groundtruth data/quesst14Database/scoring/groundtruth_quesst14_eval
     score-results exp/demo/* --out results/demo --banner "DEMO numbers on synthetic speech" --no-reported
 
-Writes ``OUT/superb.csv``, ``OUT/superb.md`` and ``OUT/superb.png`` (metrics with error bars and relative
-improvements vs HuBERT; ``score_upstream.report.plot``).
+Writes ``OUT/superb.md``: a summary a reader takes in at once (per model, each task run with its
+uncertainty and the paired difference to the vanilla model and to SPIN with its 95% interval and a
+verdict: better / worse / not shown), the figure, the wide table, and a provenance footer (command,
+versions, each row's experiment folder and checkpoint, paths relative to the working directory);
+``OUT/superb.csv``: the wide table, every column; ``OUT/superb.png``: the summary drawn. The first
+experiment of each kind ``hubert`` / ``wavlm`` / ``spin`` is the baseline of its family.
+``--groundtruth`` (the QUESST eval ground truth) lets the MTWV differences be computed by a paired
+bootstrap over queries; without it they read ``n/a (no --groundtruth)``.
 
-Each ``EXPDIR`` is one model's experiment root, as ``recipes/{asr,pr,qbe}.sh`` and ``run_superb.sh`` lay it out::
+The work is split along what it does:
 
-    EXPDIR/model.json            {"name": "SCORE", "upstream": "score_hubert", "ckpt": "exp/score/score_hubert.pt",
-                                  "kind": "score",          # kind: hubert | wavlm | score | laser | spin | other
-                                  "family": "hubert"}       # hubert | wavlm (absent: wavlm for kind wavlm, else hubert)
-    EXPDIR/asr/seed<S>/test-clean.log   stdout of `score-s3prl -m evaluate -t test-clean` (s3prl asr expert),
-                                 one per downstream seed S:
-                                     test-clean loss: 0.1021
-                                     test-clean uer: 1.9012
-                                     test-clean wer: 6.4213                    <- WER, already in %
-                                 (+ s3prl's test-clean-noLM-hyp.ark / -ref.ark, used as a cross-check)
-    EXPDIR/pr/seed<S>/test.log   stdout of `score-s3prl -m evaluate -t test` (s3prl ctc expert, libriphone):
-                                     test loss: 0.2210
-                                     test per: 0.0541                          <- PER as a fraction
-                                 (+ test-hyp.ark / test-ref.ark)
-    EXPDIR/qbe/qbe_result.json   {"layer": 12, "dev_mtwv": 0.081, "eval_mtwv": 0.0736,
-                                  "protocol": "best-dev-layer" | "fixed-layer",
-                                  "scope": "english-only" | "all-queries",
-                                  "eval_mtwv_interval": [0.061, 0.087],       <- optional: bootstrap over queries
-                                  "last_layer": {"layer": 12, "eval_mtwv": 0.0736,
-                                                 "eval_mtwv_interval": [..]}}  <- optional
-                                 (the recipe's spellings "superb-best-dev" and "english"/"all-languages"
-                                 are read too)
+* :mod:`score_upstream.report.experiments` reads an experiment folder (its layout is documented there) and
+  ``results/reported.csv``;
+* :mod:`score_upstream.report.table` computes the relative improvements (wide table) and, through
+  :mod:`score_upstream.report.paired`, the paired differences (summary);
+* :mod:`score_upstream.report.render` writes the CSV and Markdown, :mod:`score_upstream.report.plot` the
+  figure, :mod:`score_upstream.report.provenance` what made them.
 
-WER and PER are the mean over the seed folders, with their sample standard deviation (ddof 1) and count
-(``wer_sd``, ``wer_n``; sd ``n/a`` for one seed); a folder from before per-seed runs (``asr/test-clean.log``
-directly) counts as one run. MTWV carries its bootstrap interval (``mtwv_low``/``mtwv_high``) and the last
-layer's MTWV beside the reported one (``mtwv_last``, ``qbe_last_layer``). The last matching line of a log wins. A missing file, line or field makes that cell ``missing``; nothing
-is ever estimated. ``model.json`` absent: the folder name is the model name and its kind is ``other``.
-
-How each model was trained comes from its checkpoint (``ckpt`` of ``model.json``, a ``score-train`` output):
-``train_method`` (score, laser, spin); ``train_speech_h``, the input audio drawn for the updates in hours
-(the checkpoint's ``input_speech_hours``: the SCORE paper's accounting, SCORE 3,600 x 8 utterances ~101 h
-vs SPIN 5,000 x 256 s ~356 h), with ``train_speech_vs_spin`` the ratio to the reproduced SPIN row's; and
-``train_view_speech_h``, the audio of the views that went through the trainable model (``view_speech_hours``,
-``processed_speech_hours`` in older checkpoints; SCORE: the student's view, LASER and SPIN: both views).
-A checkpoint from before ``input_speech_hours`` existed has ``train_speech_h`` missing (its view hours are
-a different quantity and never stand in for it); one converted from SPIN's release says ``spin (converted)``
-with both hours missing: nothing is estimated.
-
-Published numbers come from ``results/reported.csv`` (``--reported``), one row per (model, source), with
-absolute metrics and/or the relative figures a paper quotes. Relative improvement (SPEC §2):
-``(base - new) / base`` for WER and PER, ``(new - base) / base`` for MTWV, in %, on the means; reproduced rows are
-compared with the reproduced HuBERT (kind ``hubert``), WavLM (kind ``wavlm``) and SPIN (kind ``spin``) rows
-only, reported rows with the reported ones only, and MTWVs only when their protocol and scope agree.
-
-Model families: rows are grouped by family (HuBERT, then WavLM). A fine-tuned model (SCORE, SPIN, other) is
-compared with the vanilla model and the SPIN row *of its own family* (``rel_*_vs_hubert`` for HuBERT-based
-rows, ``rel_*_vs_wavlm`` for WavLM-based ones; the other family's column says ``n/a (other family)``); the
-two vanilla models are compared with each other too.
+This module only wires them together; the names other code reads here (``read_experiment``,
+``parse_s3prl_log``, ``build_table``, ``provenance``, ...) are those modules' own.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as _dt
-import io
-import json
 import logging
-import math
-import re
-import shlex
-import statistics
-import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
-from score_upstream.stages import MANIFEST, manifest_seeds
+from score_upstream.report.experiments import (
+    FAMILIES, KINDS, LAST, LOWER_IS_BETTER, METRICS, MISSING, NA, NOT_REPORTED, NOT_RUN, OTHER_FAMILY, REL_KEY,
+    TASK_OF, VANILLA, ModelResult, ResultsError, Training, default_family, error_rate_from_arks, parse_s3prl_log,
+    read_experiment, read_qbe_result, read_reported, read_runs, read_training,
+)
+from score_upstream.report.provenance import header_lines, provenance
+from score_upstream.report.table import build_table, compare, comparisons, relative_improvement
 
 logger = logging.getLogger(__name__)
 
-MISSING = "missing"
-NOT_REPORTED = "not reported"
-NA = "n/a"
-KINDS = ("hubert", "wavlm", "score", "laser", "spin", "other")
-FAMILIES = ("hubert", "wavlm")
-VANILLA = ("hubert", "wavlm")  # the kinds that are a family's unmodified model (and its baseline)
-OTHER_FAMILY = "n/a (other family)"
-METRICS = ("wer", "per", "mtwv")
-LAST = "mtwv_last"  # the last layer's MTWV, reported beside the protocol's layer
-TASK_OF = {"wer": "ASR", "per": "PR", "mtwv": "QbE", LAST: "QbE last layer"}
-REL_KEY = {"wer": "asr", "per": "pr", "mtwv": "qbe", LAST: "qbe_last"}  # rel_<key>_vs_<kind> columns
-LOWER_IS_BETTER = {"wer": True, "per": True, "mtwv": False, LAST: False}
-_SEED_DIR = re.compile(r"^seed(\d+)$")
-PROTOCOLS = {"best-dev-layer": "best-dev-layer", "superb-best-dev": "best-dev-layer", "fixed-layer": "fixed-layer"}
-SCOPES = {"english-only": "english-only", "english": "english-only", "all-queries": "all-queries",
-          "all-languages": "all-queries"}
-_LINE = re.compile(r"^\s*(?P<split>[\w.-]+) (?P<key>\w+): (?P<value>[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf))\s*$")
+# what recipes/lib/common.sh, the training code and the tests read here, from the modules that define it
+__all__ = [
+    "FAMILIES", "KINDS", "LAST", "LOWER_IS_BETTER", "METRICS", "MISSING", "NA", "NOT_REPORTED", "NOT_RUN",
+    "OTHER_FAMILY", "REL_KEY", "TASK_OF", "VANILLA", "ModelResult", "ResultsError", "Training", "build_table",
+    "compare", "comparisons", "default_family", "error_rate_from_arks", "main", "parse_s3prl_log", "provenance",
+    "read_experiment", "read_qbe_result", "read_reported", "read_runs", "read_training", "relative_improvement",
+]
 
 
-class ResultsError(ValueError):
-    """Bad ``score-results`` input (an experiment folder or the reported table)."""
-
-
-@dataclass
-class ModelResult:
-    """One table row. Metrics in % for WER/PER (mean over seeds), raw MTWV; ``None`` = missing / not reported.
-
-    ``runs`` holds each seed's value ({metric: {seed: value}}; seed None for a run without a seed folder),
-    ``sd`` the standard deviation over seeds where there are two or more, ``intervals`` the bootstrap
-    interval over queries of ``mtwv`` and ``mtwv_last``.
-    """
-
-    name: str
-    kind: str = "other"
-    source: str = "reproduced"
-    family: str = "hubert"
-    wer: float | None = None
-    per: float | None = None
-    mtwv: float | None = None
-    mtwv_last: float | None = None
-    runs: dict[str, dict] = field(default_factory=dict)
-    sd: dict[str, float] = field(default_factory=dict)
-    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
-    qbe_layer: int | None = None
-    qbe_last_layer: int | None = None
-    qbe_protocol: str | None = None
-    qbe_scope: str | None = None
-    reported_rel: dict[str, float] = field(default_factory=dict)  # metric -> % vs HuBERT, as a paper states it
-    citation: str = ""
-    notes: list[str] = field(default_factory=list)
-    train_method: str | None = None  # from the checkpoint's provenance (score-train)
-    train_input_speech_hours: float | None = None  # input audio drawn for the updates (the paper's accounting)
-    train_view_speech_hours: float | None = None  # audio of the views through the trainable model
-
-
-class Training(NamedTuple):
-    """What a checkpoint says about its fine-tuning; None where it does not say."""
-
-    method: str | None = None
-    input_speech_hours: float | None = None  # input audio drawn for the updates (the SCORE paper's accounting)
-    view_speech_hours: float | None = None  # audio of the views through the trainable model
-
-
-def _hours(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def read_training(ckpt: str | Path | None) -> Training:
-    """The method and the two speech quantities a ``score-train`` checkpoint records in its ``score`` entry.
-
-    ``input_speech_hours``: input audio drawn for the updates (the paper's accounting); ``view_speech_hours``
-    (``processed_speech_hours`` in older checkpoints): audio of the views through the trainable model. Each is
-    None where the checkpoint is absent or does not say (SCORE checkpoints from before methods existed:
-    method ``score``, hours None); the one never stands in for the other.
-    """
-    if not ckpt or not Path(ckpt).is_file():
-        return Training()
-    import torch
-
-    try:
-        raw = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # a checkpoint the table cannot read only loses these two cells
-        logger.warning("%s: cannot read the training provenance (%s)", ckpt, e)
-        return Training()
-    info = raw.get("score") if isinstance(raw, dict) else None
-    if isinstance(info, dict):
-        method = info.get("method_name") or ("score" if "SCORE" in str(info.get("method", "")) else None)
-        views = info.get("view_speech_hours", info.get("processed_speech_hours"))
-        return Training(method, _hours(info.get("input_speech_hours")), _hours(views))
-    if isinstance(raw, dict) and "spin" in raw:
-        return Training("spin (converted)")
-    return Training()
-
-
-def parse_s3prl_log(path: str | Path, key: str, splits: tuple[str, ...] = ("test-clean", "test")) -> float | None:
-    """Last value printed as ``<split> <key>: <value>`` (s3prl's ``log_records``) for a test split, or None."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    value = None
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():  # also splits tqdm's \r
-        m = _LINE.match(line)
-        if m and m["key"] == key and m["split"] in splits:
-            value = float(m["value"])
-    return value if value is not None and math.isfinite(value) else None
-
-
-def error_rate_from_arks(hyp: Path, ref: Path, whitespace_split: bool = True) -> float | None:
-    """Error rate in % from s3prl's ``<utt> <text>`` hyp/ref ark files (None if either is absent).
-
-    ``whitespace_split=False`` reproduces the ctc expert's ``text.split(' ')`` token count.
-    """
-    import editdistance
-
-    if not (hyp.is_file() and ref.is_file()):
-        return None
-
-    def read(p: Path) -> dict[str, str]:
-        return dict((line.split(" ", 1) + [""])[:2] for line in p.read_text().split("\n") if line)
-
-    hyps, refs = read(hyp), read(ref)
-    split = str.split if whitespace_split else (lambda s: s.split(" "))
-    errors = sum(editdistance.eval(split(hyps.get(u, "")), split(r)) for u, r in refs.items())
-    total = sum(len(split(r)) for r in refs.values())
-    return 100.0 * errors / total if total else None
-
-
-def _cross_check(row: ModelResult, metric: str, value: float, arks: float | None) -> None:
-    if arks is not None and abs(arks - value) > 1e-3 * max(1.0, abs(value)):
-        row.notes.append(f"{metric.upper()} {value:.2f} in the log but {arks:.2f} from the hyp/ref arks")
-        logger.warning("%s: %s", row.name, row.notes[-1])
-
-
-def _interval(value) -> tuple[float, float] | None:
-    if value is None:
-        return None
-    low, high = (float(v) for v in value)
-    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-        raise ValueError(f"interval {value!r}: expected [low, high] with low <= high")
-    return low, high
-
-
-def read_qbe_result(path: Path) -> dict | None:
-    """``qbe_result.json`` validated and normalised, or None (with a warning) if absent or malformed.
-
-    Returns ``{"layer", "eval_mtwv", "dev_mtwv", "protocol", "scope", "interval", "last"}``; ``interval`` is
-    None when the file has none, ``last`` None or ``{"layer", "eval_mtwv", "interval"}``.
-    """
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        out = {
-            "layer": int(data["layer"]),
-            "eval_mtwv": float(data["eval_mtwv"]),
-            "dev_mtwv": None if data.get("dev_mtwv") is None else float(data["dev_mtwv"]),
-            "protocol": PROTOCOLS[data["protocol"]],
-            "scope": SCOPES[data["scope"]],
-            "interval": _interval(data.get("eval_mtwv_interval")),
-            "last": None,
-        }
-        last = data.get("last_layer")
-        if last is not None:
-            out["last"] = {"layer": int(last["layer"]), "eval_mtwv": float(last["eval_mtwv"]),
-                           "interval": _interval(last.get("eval_mtwv_interval"))}
-    except (ValueError, KeyError, TypeError) as e:
-        logger.warning("%s: unreadable (%s: %s); QbE marked missing", path, type(e).__name__, e)
-        return None
-    return out if math.isfinite(out["eval_mtwv"]) else None
-
-
-def read_runs(task_dir: Path, log_name: str, key: str) -> dict[int | None, tuple[float, Path]]:
-    """Test metric of each downstream seed: ``task_dir/seed<S>/log_name`` -> {S: (value, run folder)}.
-
-    The seeds are those of the last run, as ``task_dir/manifest.json`` lists them (``score_upstream.stages``;
-    seed folders of other runs beside them are named in a warning and left out). Without a manifest (a folder
-    from before manifests) every seed folder counts, with a warning; without seed folders, ``task_dir/log_name``
-    (a run from before per-seed runs) is one run, seed None. A seed folder whose log holds no test line (an
-    unfinished run) is left out with a warning.
-    """
-    runs: dict[int | None, tuple[float, Path]] = {}
-    listed = manifest_seeds(task_dir)
-    if listed is not None:
-        seeded = [(s, task_dir / f"seed{s}") for s in sorted(listed)]
-    else:
-        seeded = sorted((int(m.group(1)), p) for p in (task_dir.iterdir() if task_dir.is_dir() else [])
-                        if p.is_dir() and (m := _SEED_DIR.match(p.name)))
-        if seeded:
-            logger.warning("%s: no %s (a folder from before run manifests); reading every seed folder: %s",
-                           task_dir, MANIFEST, ", ".join(p.name for _, p in seeded))
-    for seed, run in seeded or [(None, task_dir)]:
-        value = parse_s3prl_log(run / log_name, key)
-        if value is not None:
-            runs[seed] = (value, run)
-        elif seed is not None:
-            logger.warning("%s: no test %s in %s; seed %d left out", task_dir, key, run / log_name, seed)
-    return runs
-
-
-def _set_runs(row: ModelResult, metric: str, values: dict) -> None:
-    """Mean over seeds into the row, with the per-seed values and (from two seeds) the sd."""
-    if not values:
-        return
-    row.runs[metric] = values
-    setattr(row, metric, statistics.fmean(values.values()))
-    if len(values) > 1:
-        row.sd[metric] = statistics.stdev(values.values())
-
-
-def read_experiment(expdir: str | Path) -> ModelResult:
-    """Collect one model's WER, PER and MTWV from ``expdir`` (layout in the module docstring)."""
-    expdir = Path(expdir)
-    if not expdir.is_dir():
-        raise ResultsError(f"{expdir}: experiment folder not found; expected EXPDIR with model.json, asr/, pr/, qbe/")
-    meta: dict = {}
-    if (expdir / "model.json").is_file():
-        try:
-            meta = json.loads((expdir / "model.json").read_text())
-        except ValueError as e:
-            raise ResultsError(f"{expdir / 'model.json'}: not JSON ({e}); expected {{\"name\", \"upstream\", \"ckpt\", \"kind\"}}") from None
-        if not isinstance(meta, dict) or meta.get("kind", "other") not in KINDS:
-            raise ResultsError(f"{expdir / 'model.json'}: kind {meta.get('kind') if isinstance(meta, dict) else meta!r}, expected one of {KINDS}")
-        if meta.get("family", "hubert") not in FAMILIES:
-            raise ResultsError(f"{expdir / 'model.json'}: family {meta.get('family')!r}, expected one of {FAMILIES}")
-    else:
-        logger.warning("%s: no model.json; naming the row %r, kind 'other'", expdir, expdir.name)
-    kind = meta.get("kind", "other")
-    row = ModelResult(name=str(meta.get("name") or expdir.name), kind=kind, family=default_family(kind, meta.get("family")))
-    row.citation = " ".join(str(meta[k]) for k in ("upstream", "ckpt") if meta.get(k))
-    row.train_method, row.train_input_speech_hours, row.train_view_speech_hours = read_training(meta.get("ckpt"))
-
-    wers = {}
-    for seed, (wer, run) in read_runs(expdir / "asr", "test-clean.log", "wer").items():
-        _cross_check(row, "wer", wer, error_rate_from_arks(run / "test-clean-noLM-hyp.ark", run / "test-clean-noLM-ref.ark"))
-        wers[seed] = wer
-    _set_runs(row, "wer", wers)
-    pers = {}
-    for seed, (per, run) in read_runs(expdir / "pr", "test.log", "per").items():
-        pers[seed] = 100.0 * per  # ctc's per is a fraction; the table is in %
-        _cross_check(row, "per", pers[seed], error_rate_from_arks(run / "test-hyp.ark", run / "test-ref.ark", whitespace_split=False))
-    _set_runs(row, "per", pers)
-    qbe = read_qbe_result(expdir / "qbe" / "qbe_result.json")
-    if qbe:
-        row.mtwv, row.qbe_layer = qbe["eval_mtwv"], qbe["layer"]
-        row.qbe_protocol, row.qbe_scope = qbe["protocol"], qbe["scope"]
-        if qbe["interval"]:
-            row.intervals["mtwv"] = qbe["interval"]
-        if qbe["last"]:
-            row.mtwv_last, row.qbe_last_layer = qbe["last"]["eval_mtwv"], qbe["last"]["layer"]
-            if qbe["last"]["interval"]:
-                row.intervals[LAST] = qbe["last"]["interval"]
-    for metric, what in (("wer", "asr/seed<S>/test-clean.log"), ("per", "pr/seed<S>/test.log"), ("mtwv", "qbe/qbe_result.json")):
-        if getattr(row, metric) is None:
-            logger.warning("%s: no %s result in %s; marked missing", expdir, TASK_OF[metric], expdir / what)
-    return row
-
-
-def default_family(kind: str, family: str | None) -> str:
-    """The row's model family: as given, else ``wavlm`` for the vanilla WavLM kind and ``hubert`` otherwise."""
-    return family or ("wavlm" if kind == "wavlm" else "hubert")
-
-
-def read_reported(path: str | Path) -> list[ModelResult]:
-    """Rows of ``reported.csv``: name, kind, wer, per, mtwv, rel_{asr,pr,qbe}_vs_hubert, qbe_protocol, qbe_scope,
-    source, and optionally family."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ResultsError(f"{path}: cannot read the reported-numbers table ({e.strerror})") from None
-    reader = csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#"))
-    need = {"name", "kind", "wer", "per", "mtwv", "rel_asr_vs_hubert", "rel_pr_vs_hubert", "rel_qbe_vs_hubert", "source"}
-    if not reader.fieldnames or not need <= set(reader.fieldnames):
-        raise ResultsError(f"{path}: columns {reader.fieldnames}, expected at least {sorted(need)}")
-    rows = []
-    for number, rec in enumerate(reader, 2):
-        try:
-            num = {k: float(rec[k]) if rec[k] and rec[k].strip() else None for k in need - {"name", "kind", "source"}}
-        except ValueError as e:
-            raise ResultsError(f"{path}: line {number}: {e}; expected numbers or empty cells") from None
-        if rec["kind"] not in KINDS or not rec["source"] or (rec.get("family") or "hubert") not in FAMILIES:
-            raise ResultsError(f"{path}: line {number}: kind {rec['kind']!r} (expected {KINDS}), family "
-                               f"{rec.get('family')!r} (expected {FAMILIES} or empty) and a non-empty source")
-        rel = {m: num[f"rel_{TASK_OF[m].lower()}_vs_hubert"] for m in METRICS}
-        rows.append(ModelResult(
-            name=rec["name"], kind=rec["kind"], source="reported", family=default_family(rec["kind"], rec.get("family")),
-            wer=num["wer"], per=num["per"], mtwv=num["mtwv"],
-            qbe_protocol=PROTOCOLS.get(rec.get("qbe_protocol") or "", None), qbe_scope=SCOPES.get(rec.get("qbe_scope") or "", None),
-            reported_rel={m: v for m, v in rel.items() if v is not None}, citation=rec["source"],
-        ))
-    return rows
-
-
-def relative_improvement(metric: str, new: float | None, base: float | None) -> float | None:
-    """SPEC §2 relative improvement in %: positive = better. None when a value is missing or base is 0."""
-    if new is None or base is None or base == 0:
-        return None
-    gain = (base - new) if LOWER_IS_BETTER[metric] else (new - base)
-    return 100.0 * gain / base
-
-
-def _baseline(rows: list[ModelResult], kind: str) -> ModelResult | None:
-    found = [r for r in rows if r.kind == kind and (r.wer, r.per, r.mtwv) != (None, None, None)]
-    if len(found) > 1:
-        logger.warning("several %s rows (%s); the first is the baseline", kind, ", ".join(r.name for r in found))
-    return found[0] if found else None
-
-
-def compare(row: ModelResult, base: ModelResult | None, metric: str, kind: str = "hubert") -> float | str:
-    """Relative improvement of ``row`` over ``base`` (the ``kind`` baseline) for ``metric``, or why there is none.
-
-    A paper's own relative figure vs HuBERT (``reported_rel``) is quoted as it stands.
-    """
-    if kind == "hubert" and metric in row.reported_rel:
-        return row.reported_rel[metric]
-    if base is None:
-        return NA
-    if base.family != row.family and row.kind not in VANILLA:
-        return OTHER_FAMILY
-    if getattr(row, metric) is None or getattr(base, metric) is None:
-        return MISSING if row.source == "reproduced" else NOT_REPORTED
-    if metric == "mtwv" and (row.qbe_protocol, row.qbe_scope) != (base.qbe_protocol, base.qbe_scope):
-        return "n/a (QbE protocol/scope differ)"
-    if metric == LAST and row.qbe_scope != base.qbe_scope:
-        return "n/a (QbE scope differs)"
-    value = relative_improvement(metric, getattr(row, metric), getattr(base, metric))
-    return NA if value is None else value
-
-
-def build_table(rows: list[ModelResult]) -> list[dict]:
-    """Plain records, one per row, grouped by family: metrics with their uncertainty and relative improvements
-    (on the means) vs HuBERT, WavLM and the SPIN row of its own family, of its own source.
-
-    Columns: ``wer``, ``wer_sd``, ``wer_n``, ``per``, ``per_sd``, ``per_n`` (mean, sd over seeds, seed count),
-    ``mtwv``, ``mtwv_low``, ``mtwv_high``, ``qbe_layer``, ``mtwv_last``, ``mtwv_last_low``, ``mtwv_last_high``,
-    ``qbe_last_layer`` (bootstrap intervals over queries), ``qbe_protocol``, ``qbe_scope``, then
-    ``rel_{asr,pr,qbe,qbe_last}_vs_{hubert,wavlm,spin}``, ``train_method``, ``train_speech_h`` (input audio
-    drawn, the paper's accounting), ``train_speech_vs_spin`` (to the SPIN row of the same family),
-    ``train_view_speech_h`` (views through the trainable model), ``citation``, ``notes``.
-    """
-    table = []
-    for source in ("reproduced", "reported"):
-        group = sorted((r for r in rows if r.source == source), key=lambda r: FAMILIES.index(r.family))
-        bases = {"hubert": _baseline(group, "hubert"), "wavlm": _baseline(group, "wavlm"),
-                 **{("spin", f): _baseline([r for r in group if r.family == f], "spin") for f in FAMILIES}}
-        for row in group:
-            empty = MISSING if source == "reproduced" else NOT_REPORTED
-            rec = {"model": row.name, "kind": row.kind, "family": row.family, "source": source}
-            for metric in ("wer", "per"):
-                rec[metric] = empty if getattr(row, metric) is None else getattr(row, metric)
-                rec[f"{metric}_sd"] = row.sd.get(metric, NA)
-                rec[f"{metric}_n"] = len(row.runs[metric]) if metric in row.runs else NA
-            for metric, layer in (("mtwv", row.qbe_layer), (LAST, row.qbe_last_layer)):
-                rec[metric] = empty if getattr(row, metric) is None else getattr(row, metric)
-                low, high = row.intervals.get(metric, (NA, NA))
-                rec[f"{metric}_low"], rec[f"{metric}_high"] = low, high
-                key = "qbe_layer" if metric == "mtwv" else "qbe_last_layer"
-                rec[key] = layer if layer is not None else (empty if source == "reproduced" else NA)
-            rec["qbe_protocol"] = row.qbe_protocol or NA
-            rec["qbe_scope"] = row.qbe_scope or NA
-            for kind in ("hubert", "wavlm", "spin"):
-                base = bases[("spin", row.family)] if kind == "spin" else bases[kind]
-                for metric in (*METRICS, LAST):
-                    rec[f"rel_{REL_KEY[metric]}_vs_{kind}"] = compare(row, base, metric, kind)
-            # a vanilla model was not fine-tuned: nothing is missing from its row
-            no_run = NA if source == "reported" or row.kind in ("hubert", "wavlm") else empty
-            rec["train_method"] = row.train_method or no_run
-            hours = row.train_input_speech_hours
-            rec["train_speech_h"] = hours if hours is not None else no_run
-            spin = bases[("spin", row.family)]
-            spin_h = spin.train_input_speech_hours if spin is not None else None
-            rec["train_speech_vs_spin"] = hours / spin_h if hours is not None and spin_h else NA
-            views = row.train_view_speech_hours
-            rec["train_view_speech_h"] = views if views is not None else no_run
-            rec["citation"] = row.citation
-            rec["notes"] = "; ".join(row.notes)
-            table.append(rec)
-    return table
-
-
-def provenance(argv: list[str] | None = None) -> dict[str, str]:
-    """What made a table: command, UTC time, package versions and the git commit of this checkout."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def ver(pkg: str) -> str:
-        try:
-            return version(pkg)
-        except PackageNotFoundError:
-            return "not installed"
-
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
-        commit = (commit + ("-dirty" if dirty else "")) or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    return {
-        "command": "score-results " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "time_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-        "versions": f"torch {ver('torch')}, s3prl {ver('s3prl')}, score-upstream {ver('score-upstream')}",
-        "git_commit": commit,
-    }
+def _sources(rows: list[ModelResult]) -> list[dict]:
+    return [{"model": r.name, "expdir": r.expdir, "upstream": r.upstream, "ckpt": r.ckpt, "sha256": r.ckpt_sha256}
+            for r in rows if r.source == "reproduced"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``score-results EXPDIR... --out DIR [--reported CSV | --no-reported] [--title T] [--banner B]``."""
+    """``score-results EXPDIR... --out DIR [--groundtruth DIR] [--reported CSV | --no-reported] [--title T]
+    [--banner B]``."""
     parser = argparse.ArgumentParser(prog="score-results", description="SUPERB ASR/PR/QbE tables from experiment folders.")
-    parser.add_argument("expdirs", nargs="*", help="one experiment root per model (see the module docstring)")
+    parser.add_argument("expdirs", nargs="*", help="one experiment root per model (score_upstream.report.experiments)")
     parser.add_argument("--out", default="results", help="output folder (superb.csv, superb.md, superb.png)")
+    parser.add_argument("--groundtruth", default=None,
+                        help="QUESST eval ground truth (scoring/groundtruth_quesst14_eval) for the paired MTWV differences")
     parser.add_argument("--reported", default=None, help="published numbers (default: results/reported.csv if present)")
     parser.add_argument("--no-reported", action="store_true", help="leave the published numbers out")
     parser.add_argument("--title", default="SUPERB: SCORE vs HuBERT (WavLM) vs SPIN", help="table and plot title")
     parser.add_argument("--banner", default="", help="warning line on top of every output, e.g. for demo numbers")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from score_upstream.qbe.twv import TWVError, read_ground_truth
+    from score_upstream.report.plot import plot
+    from score_upstream.report.render import markdown, write_csv, write_text
+
     try:
         rows = [read_experiment(d) for d in args.expdirs]
         if not args.no_reported:
@@ -508,21 +87,19 @@ def main(argv: list[str] | None = None) -> int:
                 logger.warning("%s not found; table without published numbers", reported)
         if not rows:
             raise ResultsError("nothing to tabulate: give EXPDIRs and/or a reported table")
-        info = provenance(argv)
-        header = ([f"{args.banner}"] if args.banner else []) + [
-            f"Generated by `{info['command']}` at {info['time_utc']} UTC; do not edit by hand.",
-            f"Versions: {info['versions']}; git commit {info['git_commit']}.",
-        ]
+        try:
+            gt = read_ground_truth(args.groundtruth) if args.groundtruth else None
+        except TWVError as e:
+            raise ResultsError(f"--groundtruth {args.groundtruth}: {e}") from None
+        header = header_lines("score-results", argv)
         title = f"{args.title} ({args.banner})" if args.banner else args.title
         table = build_table(rows)
-        from score_upstream.report.plot import plot
-        from score_upstream.report.render import markdown, write_csv, write_text
-
+        paired = comparisons(rows, gt)
         out = Path(args.out)
-        write_csv(table, out / "superb.csv", header)
-        write_text(markdown(table, header, title), out / "superb.md")
-
-        plot(table, out / "superb.png", title)
+        write_csv(table, out / "superb.csv", [args.banner, *header] if args.banner else header)
+        plot(table, paired, out / "superb.png", title)
+        write_text(markdown(table, header, title, banner=args.banner, comparisons=paired, sources=_sources(rows),
+                            figure="superb.png"), out / "superb.md")
     except ResultsError as e:
         print(f"score-results: error: {e}", file=sys.stderr)
         return 2
