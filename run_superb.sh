@@ -148,7 +148,11 @@ run_models() {
     expdirs+=("$exproot/$name")
   done <<< "$model"
   log "table: ${expdirs[*]} -> $out"
-  score-results "${expdirs[@]}" --out "$out" ${results_opts[@]+"${results_opts[@]}"} || die "score-results failed (see above)"
+  # the QUESST eval ground truth lets the summary compare MTWVs by a paired bootstrap over queries
+  local gt="$quesst/scoring/groundtruth_quesst14_eval" gt_opts=()
+  [[ " $tasks " != *" qbe "* ]] || [ ! -d "$gt" ] || gt_opts=(--groundtruth "$gt")
+  score-results "${expdirs[@]}" --out "$out" ${gt_opts[@]+"${gt_opts[@]}"} ${results_opts[@]+"${results_opts[@]}"} \
+    || die "score-results failed (see above)"
 }
 
 run_demo() {
