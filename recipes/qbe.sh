@@ -115,11 +115,13 @@ stage_score() {
 stage_inputs --tree "QUESST database=$quesst_root"
 run_stage 1 "data preparation: $quesst_root" stage_prepare
 stage_inputs --value "upstream=$upstream" --file "upstream checkpoint=$ckpt" --value "layer=$layer"
-stage_outputs "$dir/dev" "$dir/dev.log" "$dir/dev_layer.txt" "$dir/last_layer.txt"
+# a stage's outputs include what later stages derived from them: no result of older inputs stays behind
+stage_outputs "$dir/dev" "$dir/dev.log" "$dir/dev_layer.txt" "$dir/last_layer.txt" "$dir/eval" "$dir/eval.log" \
+  "$dir/qbe_result.json"
 run_stage 2 "dev search: $upstream $ckpt, layers $layer + $quesst_root dev -> $dir/dev" stage_dev
 # the eval search reads the checkpoint again: its content is part of this stage's key too
 stage_inputs --value "upstream=$upstream" --file "upstream checkpoint=$ckpt"
-stage_outputs "$dir/eval" "$dir/eval.log"
+stage_outputs "$dir/eval" "$dir/eval.log" "$dir/qbe_result.json"
 run_stage 3 "test: chosen and last layer + $quesst_root eval -> $dir/eval" stage_eval
 stage_inputs --value "official scorer=$official"
 stage_outputs "$dir/qbe_result.json"

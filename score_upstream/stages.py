@@ -170,6 +170,8 @@ def read_marker(path: Path) -> dict | None:
 def _short(value: str) -> str:
     if value.startswith("sha256:"):
         return value[7:15] + ".."
+    if len(value) == 64 and all(c in "0123456789abcdef" for c in value):  # an earlier stage's key
+        return value[:8] + ".."
     return value if len(value) <= 60 else value[:57] + "..."
 
 
@@ -187,7 +189,7 @@ def changes(old: dict | None, new: dict) -> str:
             a, b = ",,".join(sorted(sa - sb)) or "-", ",,".join(sorted(sb - sa)) or "-"
         label = f"{name} content" if b.startswith("sha256:") or a.startswith("sha256:") else name
         parts.append(f"{label} {_short(a)} -> {_short(b)}")
-    return "; ".join(parts) or "same inputs, marker unreadable"
+    return "; ".join(parts) or "same inputs"
 
 
 def earlier_keys(directory: Path, parent: Path | None, stage: int) -> dict[str, str]:
@@ -212,11 +214,15 @@ def _clear(paths: list[Path]) -> list[Path]:
     return cleared
 
 
-def _drop_markers(directory: Path, first: int) -> None:
+def _retire_markers(directory: Path, stage: int) -> None:
+    """Stage ``stage``'s markers go; the later stages' become ``.stageK.stale``: not done any more, but still
+    saying what made their files, so that their rerun can say what changed."""
     for p in list(directory.glob(".stage*.done")) + list(directory.glob(".stage*.inprogress")):
         number = p.name[len(".stage"):].split(".")[0]
-        if number.isdigit() and int(number) >= first:
+        if number.isdigit() and int(number) == stage:
             p.unlink(missing_ok=True)
+        elif number.isdigit() and int(number) > stage:
+            p.replace(directory / f".stage{number}.stale")
 
 
 def check(directory: Path, stage: int, what: str, inputs: dict[str, str], clean: list[Path],
@@ -236,6 +242,7 @@ def check(directory: Path, stage: int, what: str, inputs: dict[str, str], clean:
     key = stage_key(inputs)
     done = read_marker(directory / f".stage{stage}.done")
     running = read_marker(directory / f".stage{stage}.inprogress")
+    recorded = done or running or read_marker(directory / f".stage{stage}.stale") or {}
     chain = "missing" not in earlier.values()
     if chain and not force and done and done["key"] == key:
         return "skip", ""
@@ -245,13 +252,22 @@ def check(directory: Path, stage: int, what: str, inputs: dict[str, str], clean:
         pass
     elif not force and running and running["key"] == key:
         action, why = "resume", "resuming an interrupted run made from the same inputs"
-    elif present:
-        reason = "--force true" if force else f"inputs changed ({changes((done or running or {}).get('inputs'), inputs)})"
-        _clear(present)
-        why = f"{reason}: clearing {', '.join(map(str, present))} and rerunning"
-    elif done or running:
-        why = f"inputs changed ({changes((done or running).get('inputs'), inputs)}): rerunning"
-    _drop_markers(directory, stage)
+    else:
+        if force:
+            reason = "--force true"
+        elif not recorded.get("key"):
+            reason = "no record of the inputs that made its files"
+        elif recorded.get("key") == key:
+            reason = "an earlier stage was redone"
+        else:
+            reason = f"inputs changed ({changes(recorded.get('inputs'), inputs)})"
+        if present:
+            _clear(present)
+            why = f"{reason}: clearing {', '.join(map(str, present))} and rerunning"
+        elif recorded:
+            why = f"{reason}: rerunning"
+    _retire_markers(directory, stage)
+    (directory / f".stage{stage}.stale").unlink(missing_ok=True)
     record = {"stage": stage, "key": key, "what": what, "inputs": inputs}
     atomic_write_bytes((json.dumps(record, indent=2) + "\n").encode(), directory / f".stage{stage}.inprogress")
     return action, why
@@ -299,11 +315,16 @@ def manifest_seeds(task_dir: str | os.PathLike) -> list[int] | None:
     if strays:
         logger.warning("%s: seed folders %s are not from the last run (manifest.json lists seeds %s); left out",
                        task_dir, ", ".join(f"seed{s}" for s in strays), " ".join(map(str, seeds)))
+    # the stages all seeds share (data preparation), as they are now
+    shared = {k: v for k, v in earlier_keys(task_dir, None, last).items() if v != "missing"}
     kept = []
     for s in seeds:
-        marker = read_marker(task_dir / f"seed{s}" / f".stage{last}.done")
-        if str(s) in keys and (marker or {}).get("key") != keys[str(s)]:
+        marker = read_marker(task_dir / f"seed{s}" / f".stage{last}.done") or {}
+        made_from = marker.get("inputs") or {}
+        if str(s) in keys and marker.get("key") != keys[str(s)]:
             logger.warning("%s: seed%d was redone or removed after manifest.json was written; left out", task_dir, s)
+        elif any(k in made_from and made_from[k] != v for k, v in shared.items()):
+            logger.warning("%s: seed%d was made before the data preparation was redone; left out", task_dir, s)
         else:
             kept.append(s)
     return kept
