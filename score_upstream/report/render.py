@@ -185,7 +185,7 @@ def summary_note(metrics: list[str]) -> str:
                       + (["MTWV [95% bootstrap interval over queries]"] if mtwv else []))
     how = ", ".join(([f"by downstream seed with a Student-t interval for {rates}"] if rates else [])
                     + (["by a paired bootstrap over queries for MTWV"] if mtwv else []))
-    sides = " and ".join(([f"lower {rates}"] if rates else []) + (["higher MTWV"] if mtwv else []))
+    sides = ", ".join(([f"lower {rates}"] if rates else []) + (["higher MTWV"] if mtwv else []))
     return (f"Value: {value}. vs X: the paired difference model - X in the metric's unit, with its 95% interval: "
             f"{how} (the computation of `score_upstream.report.paired`). **better** / **worse**: the whole "
             f"interval lies on the improving ({sides}) / worsening side of zero; not shown: the interval holds "
