@@ -39,6 +39,11 @@ def error_bar(rec: dict, metric: str) -> tuple[float, float]:
     return max(value - low, 0.0), max(high - value, 0.0)  # a percentile interval need not hold the point
 
 
+def _long(rows: list[dict]) -> bool:
+    """Whether the model names need slanted tick labels."""
+    return max(len(r["model"]) for r in rows) > 8
+
+
 def _value_panel(ax, rows: list[dict], metric: str, colours: dict[str, str]) -> None:
     for x, r in enumerate(rows):
         if isinstance(r[metric], float):
@@ -90,8 +95,8 @@ def _difference_panel(ax, rows: list[dict], metric: str, comparisons: dict, colo
     ax.set_title(f"{TASK_OF[metric]}: vs {against[0] if len(against) == 1 else 'vanilla'}, paired",
                  fontsize=8)
     ax.set_ylabel(f"difference ({UNIT[metric]})", fontsize=7)
-    ax.set_xticks(range(len(rows)), [r["model"] for r in rows], fontsize=7,
-                  rotation=30 if max(len(r["model"]) for r in rows) > 8 else 0)
+    ax.set_xticks(range(len(rows)), [r["model"] for r in rows], fontsize=7, rotation=30 if _long(rows) else 0,
+                  ha="right" if _long(rows) else "center")
     ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.tick_params(labelsize=7)
     ax.grid(axis="y", alpha=0.3)
@@ -114,21 +119,24 @@ def figure(table: list[dict], comparisons: dict, title: str):
     title = textwrap.fill(title, 100)
     # heights in inches: title lines, the legend, each row's panel (+ its title and tick labels), the caption
     head = 0.2 * (title.count("\n") + 1) + 0.75
-    width, height = max(2.5 * len(metrics), 4.0) + 0.6, head + 2.75 * n_rows + 0.4
+    foot = 0.8 + (0.3 if rows and _long(rows) else 0.0)  # tick labels (slanted ones are taller) and the caption
+    width, height = max(2.5 * len(metrics), 4.0) + 0.6, head + 2.75 * n_rows + foot - 0.4
     fig = plt.figure(figsize=(width, height), dpi=110)
     fig.suptitle(title, fontsize=9, y=1 - 0.08 / height, va="top")
     if not rows or not metrics:
         fig.text(0.5, 0.5, "no reproduced run to draw (see the tables)", ha="center")
         return fig
     grid = fig.add_gridspec(n_rows, len(metrics), left=0.6 / width, right=1 - 0.15 / width, top=1 - head / height,
-                            bottom=0.8 / height, hspace=0.75 / 2.0, wspace=0.6 / 1.9)
+                            bottom=foot / height, hspace=0.6 / 2.0, wspace=0.6 / 1.9)
     for i, metric in enumerate(metrics):
         top = fig.add_subplot(grid[0, i])
         _value_panel(top, rows, metric, colours)
-        if paired:
+        if paired:  # the names once, under the lower row; the legend on top gives the colours
             _difference_panel(fig.add_subplot(grid[1, i], sharex=top), rows, metric, comparisons, colours)
+            top.tick_params(labelbottom=False)
         else:
-            top.set_xticks(range(len(rows)), [r["model"] for r in rows], fontsize=7)
+            top.set_xticks(range(len(rows)), [r["model"] for r in rows], fontsize=7, rotation=30 if _long(rows) else 0,
+                           ha="right" if _long(rows) else "center")
     rates, mtwv = error_rates(metrics), any(m in metrics for m in ("mtwv", "mtwv_last"))
     caption = ("Bars: " + ", ".join(([f"mean ± sd over downstream seeds ({rates})"] if rates else [])
                                     + (["95% bootstrap interval over queries (MTWV)"] if mtwv else [])) + "."
