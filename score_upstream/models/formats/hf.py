@@ -111,34 +111,69 @@ def hf_to_fairseq_names(hf_names, extractor_mode: str) -> dict[str, str]:
     return out
 
 
+# bounds on a conv front-end read from a checkpoint: far above any released model (7 layers, 512 channels,
+# kernels <= 10), far below what would exhaust memory while the list is built or the network allocated
+MAX_CONV_LAYERS = 64
+MAX_CONV_VALUE = 65536
+
+
 def parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
     """``"[(512,10,5)] + [(512,3,2)] * 4"`` -> list of ``(channels, kernel, stride)``, without eval.
 
+    Lists are bounded while they are built (at most ``MAX_CONV_LAYERS`` layers, values in
+    ``1..MAX_CONV_VALUE``), so ``[(1,1,1)] * 10**9`` is refused before it takes memory.
+
     Raises:
-        CheckpointError: anything but list/tuple literals of ints combined with ``+`` and ``* int``.
+        CheckpointError: anything but list/tuple literals of ints combined with ``+`` and ``* int``, or a
+            front-end outside the bounds.
     """
+
+    def bounded(value):
+        if isinstance(value, int) and value > MAX_CONV_VALUE:
+            raise ValueError(f"value {value} above {MAX_CONV_VALUE}")
+        if isinstance(value, (list, tuple)) and len(value) > MAX_CONV_LAYERS:
+            raise ValueError(f"more than {MAX_CONV_LAYERS} layers")
+        return value
 
     def ev(node):
         if isinstance(node, ast.Expression):
             return ev(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return node.value
+        if isinstance(node, ast.Constant) and type(node.value) is int and node.value >= 0:
+            return bounded(node.value)
         if isinstance(node, (ast.List, ast.Tuple)):
+            bounded(node.elts)
             items = [ev(e) for e in node.elts]
             return items if isinstance(node, ast.List) else tuple(items)
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            a, b = ev(node.left), ev(node.right)  # each bounded: their sum is small
+            return bounded(a + b)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
             a, b = ev(node.left), ev(node.right)
-            return a + b if isinstance(node.op, ast.Add) else a * b
-        raise ValueError(ast.dump(node)[:40])
+            if isinstance(a, int) and isinstance(b, int):
+                return bounded(a * b)
+            seq, n = (a, b) if isinstance(b, int) else (b, a)
+            if not isinstance(n, int):
+                raise ValueError("a list multiplied by a list")
+            if len(seq) * n > MAX_CONV_LAYERS:  # checked before the list is built
+                raise ValueError(f"more than {MAX_CONV_LAYERS} layers")
+            return seq * n
+        what = type(node.op).__name__ if isinstance(node, ast.BinOp) else type(node).__name__
+        raise ValueError(f"{what} is not allowed: only int/list/tuple literals, + and *")
 
     try:
-        layers = ev(ast.parse(str(spec), mode="eval"))
+        layers = ev(ast.parse(str(spec)[:4096], mode="eval")) if len(str(spec)) <= 4096 else None
+        if layers is None:
+            raise ValueError("longer than 4096 characters")
         layers = [tuple(int(v) for v in t) for t in layers]
         if not layers or any(len(t) != 3 for t in layers):
             raise ValueError("not (dim, kernel, stride) triples")
-    except (ValueError, SyntaxError, TypeError) as e:
+        if any(v < 1 for t in layers for v in t):
+            raise ValueError("dim, kernel and stride must be positive")
+    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as e:
+        shown = str(spec) if len(str(spec)) <= 80 else str(spec)[:77] + "..."
         raise CheckpointError(
-            f"model_cfg.conv_feature_layers={spec!r} is not a list of (dim, kernel, stride) tuples ({e})"
+            f"model_cfg.conv_feature_layers={shown!r} is not a list of at most {MAX_CONV_LAYERS} "
+            f"(dim, kernel, stride) tuples of integers 1..{MAX_CONV_VALUE} ({e})"
         ) from None
     return layers
 
