@@ -4,7 +4,7 @@
 #   ./run_superb.sh --demo        # synthetic corpus, the shipped small pre-trained HuBERT, SCORE, LASER and
 #                                 # SPIN, CPU: 11 min on 2 cores (--methods score: SCORE alone)
 #
-#   ./run_superb.sh --librispeech /data/LibriSpeech --quesst /data/quesst14Database \
+#   ./run_superb.sh --librispeech /data/LibriSpeech --quesst-root /data/quesst14Database \
 #       --lexicon /data/librispeech-lexicon.txt \
 #       --model hubert:hubert_local:exp/hubert_base.pt \
 #       --model score:score_hubert:exp/score_hubert_base/score_hubert.pt \
@@ -15,28 +15,33 @@
 # after the upstream). UPSTREAM `spin` converts a SPIN Lightning checkpoint with score-convert and runs
 # it as hubert_local; UPSTREAM `auto` picks score_hubert or score_wavlm from the checkpoint's content.
 # Every model gets EXPROOT/NAME/ with model.json, asr/, pr/, qbe/; score-results turns them into
-# OUT/superb.{md,csv,png}, rows grouped by model family (HuBERT, WavLM).
+# OUT/superb.{md,csv,png}, rows grouped by model family (HuBERT, WavLM). Every --model is checked first
+# (exists, loads with the project's safe readers, family and format fit its upstream), before any stage runs.
+# The task settings and scoring: docs/protocol.md; the methods: docs/method.md.
 #
 # Options (default in brackets):
-#   --demo BOOL           run the self-contained demo (ignores data/model options) [false]
-#   --model N:U:CKPT      a model to evaluate, repeatable []
+#   --demo BOOL           run the self-contained demo; it refuses --model, --librispeech, --quesst-root and
+#                         --lexicon (it makes its own corpus and models) and honours the others [false]
+#   --model N:U:CKPT      a model to evaluate, repeatable [none]
 #   --librispeech DIR     LibriSpeech root [data/LibriSpeech]
-#   --quesst DIR          quesst14Database folder [data/quesst14Database]
+#   --quesst-root DIR     quesst14Database folder; old name: --quesst [data/quesst14Database]
 #   --lexicon "P1 P2"     PR lexicon files (OpenSLR 11 librispeech-lexicon.txt + optional g2p) [LIBRISPEECH/../librispeech-lexicon.txt]
-#   --exproot DIR         experiment root, one folder per model [exp/superb]
-#   --out DIR             where score-results writes the table [results/superb]
+#   --exproot DIR         experiment root, one folder per model (recipes' --expdir) [exp/superb; demo: exp/demo]
+#   --out DIR             where score-results writes the table [results/superb; demo: results/demo]
 #   --tasks "asr pr qbe"  tasks to run; the demo's default leaves ASR out (see README) [asr pr qbe; demo: pr qbe]
-#   --device DEV          cuda, cpu or auto [auto]
-#   --asr-steps N / --pr-steps N   training updates; empty = the SUPERB configs' [ / ]
+#   --device DEV          cuda, cpu or auto [auto; demo: cpu]
+#   --asr-max-steps N / --pr-max-steps N   the recipes' --max-steps of ASR / PR; old names: --asr-steps,
+#                         --pr-steps; empty = the SUPERB configs' [config's / config's; demo: 1000 / 400]
 #   --seeds "S1 S2 S3"    ASR and PR downstream seeds, one training run each (EXPDIR/{asr,pr}/seed<S>/); the
-#                         table gives mean ± sd over them; empty = the recipes' default (s3prl's seed 1337) []
+#                         table gives mean ± sd over them; empty = the recipes' default [1337; demo: 0 1 2]
 #   --jobs N              downstream seeds trained at the same time, each with its share of the cores [1; demo: 3]
 #   --methods "M1 M2"     with --demo: methods fine-tuned from the starting model, side by side,
 #                         recipes/M/small.yaml [score laser spin]
-#   --qbe-layer L         best (SUPERB protocol) | last (SCORE authors) | N [best]
+#   --qbe-layer L         best (SUPERB protocol) | last (SCORE authors) | N (qbe.sh --qbe-layer) [best]
 #   --demo-size SIZE      score-synth size of the demo corpus [demo]
+#   --demo-data DIR       where the demo makes its corpus [data/demo]
 #   --spin-base PATH      the HuBERT checkpoint SPIN models started from (SPIN stores only its own weights);
-#                         empty = the base path recorded in the SPIN checkpoint []
+#                         empty = the base path recorded in the SPIN checkpoint [none]
 #   --setup BOOL          with --demo: build or refresh .venv first (false: use the active environment) [true]
 set -euo pipefail
 SCORE_RECIPE=run_superb
@@ -47,23 +52,25 @@ source "$root/recipes/lib/common.sh"
 
 demo=false         # self-contained demo
 model=             # NAME:UPSTREAM:CKPT lines (repeatable --model)
-librispeech=data/LibriSpeech       # LibriSpeech root
-quesst=data/quesst14Database       # QUESST 2014 folder
+librispeech=       # LibriSpeech root; empty = data/LibriSpeech (refused with --demo)
+quesst_root=       # QUESST 2014 folder; empty = data/quesst14Database (refused with --demo)
 lexicon=           # PR lexicons; empty = LIBRISPEECH/../librispeech-lexicon.txt
-exproot=exp/superb # one folder per model
-out=results/superb # score-results output
+exproot=           # one folder per model; empty = exp/superb (exp/demo for --demo)
+out=               # score-results output; empty = results/superb (results/demo for --demo)
 tasks=            # tasks to run; empty = "asr pr qbe" ("pr qbe" for --demo)
-device=auto        # cuda | cpu | auto
-asr_steps=         # ASR training updates; empty = config's
-pr_steps=          # PR training updates; empty = config's
+device=            # cuda | cpu | auto; empty = auto (cpu for --demo)
+asr_max_steps=     # ASR training updates; empty = config's
+pr_max_steps=      # PR training updates; empty = config's
 seeds=             # ASR/PR downstream seeds ("0 1 2"); empty = the recipes' default
 jobs=              # seeds trained at the same time; empty = 1 (3 for --demo)
 methods="score laser spin"  # --demo: methods fine-tuned from the starting model (recipes/METHOD/small.yaml)
 qbe_layer=best     # QbE layer protocol
 demo_size=demo     # score-synth size for --demo
+demo_data=         # where --demo makes its corpus; empty = data/demo in the repository
 setup=true         # --demo: build/refresh .venv with score_setup_env first
 spin_base=         # HuBERT checkpoint a SPIN model started from (score-convert --base)
-OPTIONS="spin_base setup demo model librispeech quesst lexicon exproot out tasks device asr_steps pr_steps seeds jobs methods qbe_layer demo_size"
+OPTIONS="spin_base setup demo model librispeech quesst_root lexicon exproot out tasks device asr_max_steps pr_max_steps seeds jobs methods qbe_layer demo_size demo_data"
+ALIASES="quesst=quesst_root asr_steps=asr_max_steps pr_steps=pr_max_steps"  # old names, accepted with a notice
 LIST_OPTIONS="model"
 parse_options "$@"
 for spec in "${ARGS[@]}"; do
@@ -71,10 +78,38 @@ for spec in "${ARGS[@]}"; do
   model="${model:+$model$'\n'}${spec%%:*}:$spec"
 done
 
+# vet UPSTREAM CKPT: "UPSTREAM FAMILY score|vanilla" from the project's safe readers (stdout only; its one
+# error line goes to stderr and stops the script): the file loads without running code, its config strings
+# parse within bounds, and its family and format fit UPSTREAM.
+vet() {
+  "$(score_python)" -m score_upstream.s3prl.vet --upstream "$1" "$2" || exit 2
+}
+
+# split_model LINE: NAME UPSTREAM CKPT of a --model line into name, upstream, ckpt; stops on a bad one.
+split_model() {
+  local rest
+  name="${1%%:*}"; rest="${1#*:}"; upstream="${rest%%:*}"; ckpt="${rest#*:}"
+  [ -n "$name" ] && [ -n "$upstream" ] && [ -n "$ckpt" ] && [ "$rest" != "$upstream" ] \
+    || die "bad model '$1': expected NAME:UPSTREAM:CKPT"
+  [[ "$name" =~ ^[A-Za-z0-9._+-]+$ ]] || die "model name '$name' must be letters, digits, . _ + -"
+}
+
+# check_models: every --model (and --spin-base) exists, loads with the safe readers and fits its upstream,
+# before the first stage of the first model runs.
+check_models() {
+  local line name upstream ckpt
+  [ -z "$spin_base" ] || { [ -e "$spin_base" ] || die "missing --spin-base checkpoint: $spin_base"; vet score_hubert "$spin_base" >/dev/null; }
+  while IFS= read -r line; do
+    [ -n "$line" ] || continue
+    split_model "$line"
+    [ -e "$ckpt" ] || die "missing checkpoint of model '$name': $ckpt"
+    vet "$upstream" "$ckpt" >/dev/null
+  done <<< "$model"
+}
+
 # evaluate_model NAME UPSTREAM CKPT: the three task recipes for one model, into $exproot/NAME.
 evaluate_model() {
   local name="$1" upstream="$2" ckpt="$3" expdir="$exproot/$1" task
-  [[ "$name" =~ ^[A-Za-z0-9._+-]+$ ]] || die "model name '$name' must be letters, digits, . _ + -"
   [ -e "$ckpt" ] || die "missing checkpoint of model '$name': $ckpt"
   mkdir -p "$expdir"
   if [ "$upstream" = spin ]; then
@@ -89,14 +124,11 @@ evaluate_model() {
     fi
     upstream=hubert_local; ckpt="$expdir/spin_s3prl.pt"
   fi
-  # family (hubert | wavlm) and SCORE or not, from the checkpoint's content; needed for UPSTREAM auto only
-  local info detected= family= trained= rc=0
-  info="$("$(score_python)" -m score_upstream.models.loader "$ckpt" 2>&1)" || rc=$?
-  [ "$rc" != 0 ] || read -r detected family trained <<< "$info"
-  if [ "$upstream" = auto ]; then
-    [ "$rc" = 0 ] || die "model '$name': UPSTREAM auto: $info"
-    upstream="$detected"
-  fi
+  # the upstream (auto resolved), family and SCORE or not, from the checkpoint's content (stdout only)
+  local info detected family trained
+  info="$(vet "$upstream" "$ckpt")" || exit 2
+  read -r detected family trained <<< "$info"
+  upstream="$detected"
   # model.json as score-results reads it; kind from the name, else from the upstream
   "$(score_python)" - "$expdir/model.json" "$name" "$2" "$upstream" "$(abspath "$ckpt")" "$(abspath "$3")" \
     "$family" "$trained" <<'PY'
@@ -112,19 +144,22 @@ kind = name.lower() if name.lower() in display else ("score" if trained == "scor
 info = {"name": display.get(name.lower(), name), "upstream": upstream, "ckpt": ckpt, "kind": kind, "source_ckpt": source,
         "ckpt_sha256": path_digest(ckpt).split()[0].removeprefix("sha256:")}
 info.update({"source_ckpt_sha256": path_digest(source).split()[0].removeprefix("sha256:")} if source != ckpt else {})
-info.update({"family": family} if family else {})
+info.update({"family": family} if family not in ("", "other") else {})
 atomic_write_bytes((json.dumps(info, indent=2) + "\n").encode(), path)
 PY
   local common=(--upstream "$upstream" --ckpt "$ckpt" --expdir "$expdir" --device "$device")
   # the demo's processes of one model share each utterance's hidden states through a folder (deleted after)
   [ "$share_features" != true ] || local -x SCORE_UPSTREAM_CACHE_DIR="$expdir/feature-cache"
+  # each recipe's failure stops this function even where it runs in a subshell tested by `||` or `if`
+  # (bash then ignores set -e): `|| return` on every step
   for task in $tasks; do
     case "$task" in
-      asr) "$root/recipes/asr.sh" "${common[@]}" --librispeech "$librispeech" ${asr_steps:+--max-steps "$asr_steps"} \
-             ${seeds:+--seeds "$seeds"} ${jobs:+--jobs "$jobs"} ${asr_opts[@]+"${asr_opts[@]}"} ;;
+      asr) "$root/recipes/asr.sh" "${common[@]}" --librispeech "$librispeech" ${asr_max_steps:+--max-steps "$asr_max_steps"} \
+             ${seeds:+--seeds "$seeds"} ${jobs:+--jobs "$jobs"} ${asr_opts[@]+"${asr_opts[@]}"} || return ;;
       pr) "$root/recipes/pr.sh" "${common[@]}" --librispeech "$librispeech" ${lexicon:+--lexicon "$lexicon"} \
-            ${pr_steps:+--max-steps "$pr_steps"} ${seeds:+--seeds "$seeds"} ${jobs:+--jobs "$jobs"} ${pr_opts[@]+"${pr_opts[@]}"} ;;
-      qbe) "$root/recipes/qbe.sh" "${common[@]}" --quesst-root "$quesst" --layer "$qbe_layer" ;;
+            ${pr_max_steps:+--max-steps "$pr_max_steps"} ${seeds:+--seeds "$seeds"} ${jobs:+--jobs "$jobs"} \
+            ${pr_opts[@]+"${pr_opts[@]}"} || return ;;
+      qbe) "$root/recipes/qbe.sh" "${common[@]}" --quesst-root "$quesst_root" --qbe-layer "$qbe_layer" || return ;;
       *) die "unknown task '$task' in --tasks; expected asr, pr, qbe" ;;
     esac
   done
@@ -133,12 +168,10 @@ PY
 
 run_models() {
   [ -n "$model" ] || die "missing models: pass --model NAME:UPSTREAM:CKPT (or --demo)"
-  local line name rest upstream ckpt expdirs=()
+  local line name upstream ckpt expdirs=()
   while IFS= read -r line; do
     [ -n "$line" ] || continue
-    name="${line%%:*}"; rest="${line#*:}"; upstream="${rest%%:*}"; ckpt="${rest#*:}"
-    [ -n "$name" ] && [ -n "$upstream" ] && [ -n "$ckpt" ] && [ "$rest" != "$upstream" ] \
-      || die "bad model '$line': expected NAME:UPSTREAM:CKPT"
+    split_model "$line"
     if [[ " $EVALUATED " == *" $name "* ]]; then
       log "model $name: evaluated above"
     else
@@ -149,23 +182,61 @@ run_models() {
   done <<< "$model"
   log "table: ${expdirs[*]} -> $out"
   # the QUESST eval ground truth lets the summary compare MTWVs by a paired bootstrap over queries
-  local gt="$quesst/scoring/groundtruth_quesst14_eval" gt_opts=()
+  local gt="$quesst_root/scoring/groundtruth_quesst14_eval" gt_opts=()
   [[ " $tasks " != *" qbe "* ]] || [ ! -d "$gt" ] || gt_opts=(--groundtruth "$gt")
   score-results "${expdirs[@]}" --out "$out" ${gt_opts[@]+"${gt_opts[@]}"} ${results_opts[@]+"${results_opts[@]}"} \
     || die "score-results failed (see above)"
 }
 
+# fine_tune METHOD: recipes/METHOD/small.yaml from the starting model into $exproot/METHOD/score_hubert.pt, rerun
+# (with --overwrite) whenever the starting model, the recipe, the corpus or the code changed since the model
+# there was made (score_upstream/stages.py keys it, as the recipes' stages), skipped otherwise.
+fine_tune() {
+  local m="$1" dir="$exproot/$1" decision why force=()
+  mkdir -p "$dir"
+  [ -f "$dir/score_hubert.pt" ] || force=(--force)
+  decision="$("$(score_python)" -m score_upstream.stages check --dir "$dir" --stage 1 \
+    --what "fine-tuning by $m: recipes/$m/small.yaml + $init -> $dir/score_hubert.pt" \
+    --file "starting model=$init" --file "recipe=recipes/$m/small.yaml" --tree "corpus=$data/LibriSpeech" \
+    --value "device=$device" ${force[@]+"${force[@]}"})" || exit 2  # it printed one error line
+  if [ "${decision%%$'\t'*}" = skip ]; then
+    log "fine-tuning by $m: done for this starting model, recipe and corpus (remove $dir/.stage1.done to redo)"
+    return 0
+  fi
+  why="${decision#*$'\t'}"
+  [ -z "$why" ] || [ "$why" = "$decision" ] || log "fine-tuning by $m: $why"
+  score-train "recipes/$m/small.yaml" --data "$data" --out "$dir" --overwrite "model.init=$init" "device=$device" \
+    || die "fine-tuning by $m failed (see above)"
+  mv -f "$dir/.stage1.inprogress" "$dir/.stage1.done"
+}
+
+# demo_refuse OPTION VALUE: --demo makes its own corpus and models; a data or model option would be ignored.
+demo_refuse() {
+  [ -z "$2" ] || die "--$1 is not used by --demo (it makes its corpus in --demo-data and its models itself); drop it, or run without --demo"
+}
+
 run_demo() {
+  demo_refuse model "$model"; demo_refuse librispeech "$librispeech"; demo_refuse quesst-root "$quesst_root"
+  demo_refuse lexicon "$lexicon"
+  log "demo: experiments in ${exproot:-exp/demo}, tables in ${out:-results/demo}, device ${device:-cpu}, corpus in ${demo_data:-data/demo}$( \
+    [ -z "$exproot$out$device$demo_data" ] || echo " (as given)")"
   if [ "$setup" = true ]; then
     # shellcheck source=recipes/lib/setup_env.sh
     source "$root/recipes/lib/setup_env.sh"
     score_setup_env || die "could not build the environment (see above)"
   fi
+  # paths given on the command line are relative to where the script was started, not to the repository
+  [ -z "$exproot" ] || exproot="$(abspath "$exproot")"
+  [ -z "$out" ] || out="$(abspath "$out")"
+  [ -z "$demo_data" ] || demo_data="$(abspath "$demo_data")"
   cd "$root"
-  local data=data/demo start=$SECONDS init=score_upstream/pretrained/hubert_small_synth.pt
-  exproot=exp/demo out=results/demo device=cpu librispeech="$data/LibriSpeech" quesst="$data/quesst14Database"
-  lexicon="$data/librispeech-lexicon.txt"
-  require_file "$init" "shipped pre-trained model" "make it with recipes/pretrain/run.sh (about 45 min on 2 cores)"
+  local data="${demo_data:-data/demo}" start=$SECONDS init=score_upstream/pretrained/hubert_small_synth.pt
+  [ -n "$exproot" ] || exproot=exp/demo
+  [ -n "$out" ] || out=results/demo
+  [ -n "$device" ] || device=cpu
+  librispeech="$data/LibriSpeech" quesst_root="$data/quesst14Database" lexicon="$data/librispeech-lexicon.txt"
+  require_file "$init" "shipped pre-trained model" "make it with recipes/pretrain/run.sh (about 68 min on 2 cores)"
+  vet score_hubert "$init" >/dev/null
   [ -n "$seeds" ] || seeds="0 1 2"
   # the three seeds side by side, one thread each: s3prl's runner over cached features is bound by one
   # Python thread, so on 2 cores this takes about half the time of one run after the other
@@ -173,8 +244,8 @@ run_demo() {
   # ASR is left out by default: the demo's BLSTM needs more CPU minutes per run than the whole demo has
   # before its WER leaves 100 % (README); --tasks "asr pr qbe" adds it
   [ -n "$tasks" ] || tasks="pr qbe"
-  [ -n "$asr_steps" ] || asr_steps=$DEMO_ASR_STEPS
-  [ -n "$pr_steps" ] || pr_steps=$DEMO_PR_STEPS
+  [ -n "$asr_max_steps" ] || asr_max_steps=$DEMO_ASR_STEPS
+  [ -n "$pr_max_steps" ] || pr_max_steps=$DEMO_PR_STEPS
   # a small BLSTM keeps the demo's ASR within CPU minutes; the SUPERB config is used otherwise
   # no DataLoader worker processes: with the upstream's features cached, forking workers every epoch costs
   # more than it saves on 2 cores (PR train stage 38 s instead of 78 s, same PER)
@@ -221,9 +292,7 @@ PY
   # lower_priority: this subshell and what it starts run at nice 10 (below the fine-tuning)
   lower_priority() { renice -n 10 -p "$BASHPID" >/dev/null || true; }
   _train_and_evaluate() {
-    [ -f "$exproot/$1/score_hubert.pt" ] \
-      || score-train "recipes/$1/small.yaml" --data "$data" --out "$exproot/$1" --overwrite "model.init=$init" device=cpu \
-      || die "fine-tuning by $1 failed (see above)"
+    fine_tune "$1"
     log "Stage 4: SUPERB $tasks (seeds $seeds) for $1 -> $exproot/$1"
     lower_priority
     evaluate_model "$1" score_hubert "$exproot/$1/score_hubert.pt"
@@ -251,14 +320,15 @@ PY
   _invariance_once_trained > "$exproot/invariance.out" 2>&1 &
   local invariance_pid=$!
   log "Stage 4: SUPERB $tasks (seeds $seeds) for the starting model while the methods train -> $exproot/hubert"
-  ( lower_priority; evaluate_model hubert score_hubert "$init" ) \
-    || die "evaluation of the starting model failed (see above)"
+  # in the background, then waited for: a subshell on the left of `||` would run with set -e ignored
+  ( lower_priority; evaluate_model hubert score_hubert "$init" ) &
+  wait $! || die "evaluation of the starting model failed (see above)"
   [ -z "$pipelines_pid" ] || wait "$pipelines_pid" || die "fine-tuning or evaluation of a method failed (see above)"
   EVALUATED+=" hubert ${names[*]}"
   run_models
   log "Stage 5: paired differences vs the starting model (seeds for PR, bootstrap over queries for QbE) -> $out/paired.{md,csv}"
   "$(score_python)" -m score_upstream.report.paired "$exproot/hubert" "${trained[@]}" --out "$out" \
-    --groundtruth "$quesst/scoring/groundtruth_quesst14_eval" --banner "DEMO numbers on synthetic speech" >/dev/null \
+    --groundtruth "$quesst_root/scoring/groundtruth_quesst14_eval" --banner "DEMO numbers on synthetic speech" >/dev/null \
     || die "paired differences failed (see above)"
   wait "$invariance_pid" || die "score-invariance failed: see $exproot/invariance.out (last line: $(tail -n 1 "$exproot/invariance.out"))"
   cat <<EOF
@@ -285,6 +355,13 @@ if [ "$demo" = true ]; then
   run_demo
 else
   [ -n "$tasks" ] || tasks="asr pr qbe"
+  [ -n "$librispeech" ] || librispeech=data/LibriSpeech
+  [ -n "$quesst_root" ] || quesst_root=data/quesst14Database
+  [ -n "$exproot" ] || exproot=exp/superb
+  [ -n "$out" ] || out=results/superb
+  [ -n "$device" ] || device=auto
   [ -n "$lexicon" ] || lexicon="$(dirname "$(abspath "$librispeech")")/librispeech-lexicon.txt"
+  [ -n "$model" ] || die "missing models: pass --model NAME:UPSTREAM:CKPT (or --demo)"
+  check_models
   run_models
 fi

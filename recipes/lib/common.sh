@@ -48,8 +48,10 @@ usage() {
 
 # parse_options "$@": sets the shell variable of each `--name value` / `--name=value` option.
 # Dashes in names become underscores (--stop-stage -> stop_stage). Only variables listed in
-# $OPTIONS (space separated) are accepted; anything else stops the recipe. `-o VALUE` appends an
-# s3prl override to $overrides (joined with ',,', s3prl's separator) in scripts that declare it. `-h/--help` prints the usage.
+# $OPTIONS (space separated) are accepted; anything else stops the recipe, naming the nearest known option.
+# $ALIASES ("old=new ...", underscores) lists old names still accepted, each with a one-line notice.
+# `-o VALUE` appends an s3prl override to $overrides (joined with ',,', s3prl's separator) in scripts that
+# declare it. `-h/--help` prints the usage.
 # A flag option (a listed variable whose default is "false") may be given without a value.
 # Options also listed in $LIST_OPTIONS are repeatable: their values are joined with newlines.
 # Leftover positional arguments land in the array ARGS.
@@ -65,21 +67,18 @@ parse_options() {
         [ $# -ge 2 ] || die "option -o needs a value (an s3prl override such as config.runner.total_steps=10)"
         overrides="${overrides:+$overrides,,}$2"; shift 2; continue ;;
       --) shift; ARGS+=("$@"); break ;;
-      --*=*) name="${opt%%=*}"; value="${opt#*=}"; name="${name#--}"; shift ;;
+      --*=*) name="${opt%%=*}"; value="${opt#*=}"; name="$(_score_option_name "${name#--}")"; shift ;;
       --*)
-        name="${opt#--}"; name="${name//-/_}"
-        _score_is_option "$name" || die "unknown option: $opt (see --help)"
+        name="$(_score_option_name "${opt#--}")"
         if [ "${!name-}" = "false" ] && { [ $# -lt 2 ] || [[ "$2" == -* ]]; }; then
           value=true; shift
         else
           [ $# -ge 2 ] || die "option $opt needs a value"
           value="$2"; shift 2
         fi ;;
-      -*) die "unknown option: $opt (see --help)" ;;
+      -*) die "unknown option: $opt$(_score_suggest "${opt#-}") (see --help)" ;;
       *) ARGS+=("$opt"); shift; continue ;;
     esac
-    name="${name//-/_}"
-    _score_is_option "$name" || die "unknown option: --${name//_/-} (see --help)"
     if [[ " ${LIST_OPTIONS:-} " == *" $name "* ]] && [ -n "${!name-}" ]; then
       printf -v "$name" '%s\n%s' "${!name}" "$value"   # repeatable option: one value per line
     else
@@ -92,8 +91,53 @@ parse_options() {
   fi
 }
 
+# _score_option_name NAME: the variable of option --NAME (dashes -> underscores, an alias -> its new name);
+# stops with one line naming the nearest known option when there is none.
+_score_option_name() {
+  local name="${1//-/_}" pair new
+  for pair in ${ALIASES:-}; do
+    if [ "${pair%%=*}" = "$name" ]; then
+      new="${pair#*=}"
+      printf 'warning: %s: --%s is deprecated; use --%s\n' "${SCORE_RECIPE:-$(basename "$0" .sh)}" \
+        "${name//_/-}" "${new//_/-}" >&2
+      name="$new"
+    fi
+  done
+  _score_is_option "$name" || die "unknown option: --${1}$(_score_suggest "$1") (see --help)"
+  printf '%s\n' "$name"
+}
+
+# _score_suggest WORD: "; did you mean --X?" for the known option nearest to WORD (edit distance), or nothing.
+_score_suggest() {
+  local known="${OPTIONS} ${ALIASES:-}"
+  printf '%s\n' ${known//=/ } | tr '_' '-' | awk -v w="${1//_/-}" '
+    function dist(a, b,   i, j, la, lb, d, c) {
+      la = length(a); lb = length(b)
+      for (i = 0; i <= la; i++) d[i, 0] = i
+      for (j = 0; j <= lb; j++) d[0, j] = j
+      for (i = 1; i <= la; i++) for (j = 1; j <= lb; j++) {
+        c = d[i-1, j-1] + (substr(a, i, 1) != substr(b, j, 1))
+        if (d[i-1, j] + 1 < c) c = d[i-1, j] + 1
+        if (d[i, j-1] + 1 < c) c = d[i, j-1] + 1
+        d[i, j] = c
+      }
+      return d[la, lb]
+    }
+    { s = dist(w, $1); if (index($1, w) == 1 || index(w, $1) == 1) s = s < 2 ? s : 2
+      if (best == "" || s < bs) { best = $1; bs = s } }
+    END { if (best != "" && bs <= (length(w) > 6 ? 4 : 2)) printf "; did you mean --%s?", best }'
+}
+
 _score_is_option() {
   [[ " ${OPTIONS} " == *" $1 "* ]]
+}
+
+# vet_ckpt UPSTREAM CKPT: stops with one line unless the project's safe readers accept CKPT for UPSTREAM
+# (weights-only load, the conv front-end string parsed with bounds, layer count, family and format;
+# score_upstream/s3prl/vet.py), before s3prl's upstream, which unpickles the file and eval()s that string,
+# ever sees it.
+vet_ckpt() {
+  "$(score_python)" -m score_upstream.s3prl.vet --upstream "$1" "$2" >/dev/null || exit 2  # it printed one line
 }
 
 # stage_inputs [--value NAME=TEXT | --file NAME=PATH | --tree NAME=DIR]...: what the next run_stage's result
@@ -157,6 +201,15 @@ check_seeds() {
     [[ "$s" =~ ^[0-9]+$ ]] || die "--seeds must be non-negative integers separated by spaces, got '$seeds'"
     [[ "$seen" != *" $s "* ]] || die "--seeds lists seed $s twice: '$seeds'"
     seen+="$s "
+  done
+}
+
+# check_count NAME...: stops unless each named option is empty or a non-negative integer.
+check_count() {
+  local name
+  for name in "$@"; do
+    [ -z "${!name}" ] || [[ "${!name}" =~ ^[0-9]+$ ]] \
+      || die "--${name//_/-} must be a non-negative integer, got '${!name}'"
   done
 }
 
