@@ -43,12 +43,19 @@
 #   --spin-base PATH      the HuBERT checkpoint SPIN models started from (SPIN stores only its own weights);
 #                         empty = the base path recorded in the SPIN checkpoint [none]
 #   --setup BOOL          with --demo: build or refresh .venv first (false: use the active environment) [true]
+#   --launcher L          local: run every recipe here; slurm: submit them as SLURM jobs chained by dependencies,
+#                         return at once (README "SUPERB on a SLURM cluster"; recipes/lib/slurm.sh) [local]
+#   --status EXPROOT      print each SLURM job of EXPROOT as done / queued / running / failed, and exit
+#   --partition P / --account A / --qos Q / --sbatch-flags "F..."   sbatch settings of every job
+#                         [$SCORE_SLURM_PARTITION / _ACCOUNT / _QOS / _FLAGS]
+#   --slurm-resources YAML   GPUs, CPUs, memory, time per kind of job [recipes/slurm/resources.yaml]
 set -euo pipefail
 SCORE_RECIPE=run_superb
 DEMO_ASR_STEPS=1000  # demo ASR updates (small BLSTM; fewer leave WER at 100 %)
 DEMO_PR_STEPS=400    # demo PR updates (linear head on cached features)
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$root/recipes/lib/common.sh"
+source "$root/recipes/lib/slurm.sh"  # --launcher, --status and the SLURM options, with their defaults
 
 demo=false         # self-contained demo
 model=             # NAME:UPSTREAM:CKPT lines (repeatable --model)
@@ -72,7 +79,9 @@ spin_base=         # HuBERT checkpoint a SPIN model started from (score-convert 
 OPTIONS="spin_base setup demo model librispeech quesst_root lexicon exproot out tasks device asr_max_steps pr_max_steps seeds jobs methods qbe_layer demo_size demo_data"
 ALIASES="quesst=quesst_root asr_steps=asr_max_steps pr_steps=pr_max_steps"  # old names, accepted with a notice
 LIST_OPTIONS="model"
+OPTIONS+=" $LAUNCH_OPTIONS"
 parse_options "$@"
+launch_check  # --status EXPROOT: prints the state of its SLURM jobs and exits
 for spec in "${ARGS[@]}"; do
   [[ "$spec" == *:* ]] || die "unexpected argument: $spec (expected UPSTREAM:CKPT or --model NAME:UPSTREAM:CKPT)"
   model="${model:+$model$'\n'}${spec%%:*}:$spec"
@@ -154,12 +163,12 @@ PY
   # (bash then ignores set -e): `|| return` on every step
   for task in $tasks; do
     case "$task" in
-      asr) "$root/recipes/asr.sh" "${common[@]}" --librispeech "$librispeech" ${asr_max_steps:+--max-steps "$asr_max_steps"} \
+      asr) launch_task asr "$root/recipes/asr.sh" "${common[@]}" --librispeech "$librispeech" ${asr_max_steps:+--max-steps "$asr_max_steps"} \
              ${seeds:+--seeds "$seeds"} ${jobs:+--jobs "$jobs"} ${asr_opts[@]+"${asr_opts[@]}"} || return ;;
-      pr) "$root/recipes/pr.sh" "${common[@]}" --librispeech "$librispeech" ${lexicon:+--lexicon "$lexicon"} \
+      pr) launch_task pr "$root/recipes/pr.sh" "${common[@]}" --librispeech "$librispeech" ${lexicon:+--lexicon "$lexicon"} \
             ${pr_max_steps:+--max-steps "$pr_max_steps"} ${seeds:+--seeds "$seeds"} ${jobs:+--jobs "$jobs"} \
             ${pr_opts[@]+"${pr_opts[@]}"} || return ;;
-      qbe) "$root/recipes/qbe.sh" "${common[@]}" --quesst-root "$quesst_root" --qbe-layer "$qbe_layer" || return ;;
+      qbe) launch_task qbe "$root/recipes/qbe.sh" "${common[@]}" --quesst-root "$quesst_root" --qbe-layer "$qbe_layer" || return ;;
       *) die "unknown task '$task' in --tasks; expected asr, pr, qbe" ;;
     esac
   done
@@ -184,7 +193,7 @@ run_models() {
   # the QUESST eval ground truth lets the summary compare MTWVs by a paired bootstrap over queries
   local gt="$quesst_root/scoring/groundtruth_quesst14_eval" gt_opts=()
   [[ " $tasks " != *" qbe "* ]] || [ ! -d "$gt" ] || gt_opts=(--groundtruth "$gt")
-  score-results "${expdirs[@]}" --out "$out" ${gt_opts[@]+"${gt_opts[@]}"} ${results_opts[@]+"${results_opts[@]}"} \
+  launch_gather score-results "${expdirs[@]}" --out "$out" ${gt_opts[@]+"${gt_opts[@]}"} ${results_opts[@]+"${results_opts[@]}"} \
     || die "score-results failed (see above)"
 }
 
@@ -363,5 +372,6 @@ else
   [ -n "$lexicon" ] || lexicon="$(dirname "$(abspath "$librispeech")")/librispeech-lexicon.txt"
   [ -n "$model" ] || die "missing models: pass --model NAME:UPSTREAM:CKPT (or --demo)"
   check_models
+  launch_begin
   run_models
 fi
