@@ -8,7 +8,8 @@
 # Stages (--stage N --stop-stage M; a stage reruns when the content of its inputs changed, clearing what it
 # wrote before, and is skipped otherwise; --force true redoes it); stages 2-4 run once per downstream seed,
 # into EXPDIR/asr/seed<S>/; EXPDIR/asr/manifest.json lists the seeds of the last run (score-results: mean and sd):
-#   1 data preparation: check LibriSpeech, write length files       -> EXPDIR/asr/data/len/
+#   1 data preparation: check LibriSpeech, write length files and the config with the data paths
+#                                                                    -> EXPDIR/asr/data/{len/,config.yaml}
 #   2 train:            score-s3prl -m train --seed S               -> EXPDIR/asr/seed<S>/dev-clean-best.ckpt
 #   3 test:             score-s3prl -m evaluate -t test-clean       -> EXPDIR/asr/seed<S>/test-clean.log
 #   4 score:            test WER                                    -> EXPDIR/asr/seed<S>/result.json
@@ -18,7 +19,7 @@
 #   --ckpt PATH           upstream checkpoint passed as -k [required]
 #   --librispeech DIR     LibriSpeech root with train-clean-100/ dev-clean/ test-clean/ [data/LibriSpeech]
 #   --expdir DIR          experiment dir of this model; ASR goes to EXPDIR/asr [exp/superb/model]
-#   --config PATH         downstream config [packaged score_upstream/superb/asr/config.yaml]
+#   --config PATH         downstream config [score_upstream/s3prl/superb/asr/config.yaml]
 #   --device DEV          cuda, cpu or auto [auto]
 #   --seeds "S1 S2"       downstream seeds (s3prl --seed), one training run each; 1337 is s3prl's default [1337]
 #   --jobs N              seeds run at the same time, each with its share of the cores [1]
@@ -26,9 +27,13 @@
 #   --max-steps N         training updates (also sets eval/save steps to N); empty = config's 200k []
 #   --batch-size N        utterances per batch; empty = config's 32 []
 #   --num-workers N       DataLoader worker processes [2]
-#   -o OVERRIDE           s3prl override, repeatable: -o config.optimizer.lr=2e-4
+#   -o OVERRIDE           s3prl override, repeatable: -o config.optimizer.lr=2e-4 (no paths: s3prl splits
+#                         it on ,, and = and evaluates each value) [none]
 #   --force BOOL          rerun stages already marked done [false]
 #   --stage N / --stop-stage M   first and last stage to run [1 / 4]
+#
+# The checkpoint is checked by the project's safe readers before s3prl sees it (score_upstream/s3prl/vet.py).
+# Method and protocol: docs/protocol.md.
 set -euo pipefail
 SCORE_RECIPE=asr
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -53,12 +58,15 @@ OPTIONS="stage stop_stage upstream ckpt librispeech expdir config device seeds j
 parse_options "$@"
 [ ${#ARGS[@]} -eq 0 ] || die "unexpected argument: ${ARGS[0]} (see --help)"
 check_seeds
+check_count max_steps batch_size num_workers jobs
 
 recipe_paths asr
 librispeech="$(abspath "$librispeech")"
 [ -n "$config" ] || config="$("$py" -c 'from score_upstream.s3prl.superb import asset_path; print(asset_path("asr/config.yaml"))')"
 dict_path="$("$py" -c 'from score_upstream.s3prl.superb import asset_path; print(asset_path("asr/char.dict"))')"
 settings="$(downstream_settings datarc)"  # s3prl overrides that decide the result
+# the checkpoint, read by our safe readers before any stage and before s3prl sees it
+[ "$stop_stage" -lt 2 ] || [ "$stage" -gt 3 ] || { require_ckpt "$ckpt"; vet_ckpt "$upstream" "$ckpt"; }
 
 stage_prepare() {
   require_dir "$librispeech" "LibriSpeech root (--librispeech)" "download LibriSpeech from OpenSLR 12 or generate one with score-synth"
@@ -68,17 +76,18 @@ stage_prepare() {
   done
   "$py" -m score_upstream.s3prl.superb.lengths --librispeech "$librispeech" --out "$dir/data/len" \
     --splits train-clean-100 dev-clean test-clean
+  # data paths go into the config file, never into s3prl's -o string (split on ,, and =, values evaluated)
+  "$py" -m score_upstream.s3prl.superb.resolve "$config" "$dir/data/config.yaml" \
+    --set "downstream_expert.datarc.libri_root=$librispeech" --set "downstream_expert.datarc.bucket_file=$dir/data/len" \
+    --set "downstream_expert.datarc.dict_path=$dict_path" || exit 2  # it printed one error line
 }
 
 stage_train() {
   resolve_device
   require_ckpt "$ckpt"
-  require_file "$config" "ASR downstream config (--config)"
   stage_done 1 || die "missing length files of stage 1 in $dir/data/len: run with --stage 1"
-  local o="config.downstream_expert.datarc.libri_root='$librispeech'"
-  o+=",,config.downstream_expert.datarc.bucket_file='$dir/data/len'"
-  o+=",,config.downstream_expert.datarc.dict_path='$dict_path'"
-  train_downstream asr "$config" datarc "$o" "$settings"
+  require_file "$dir/data/config.yaml" "resolved ASR config of stage 1" "run with --stage 1"
+  train_downstream asr "$dir/data/config.yaml" datarc "" "$settings"
 }
 
 # Best-on-dev checkpoint; the last one when dev never beat s3prl's initial best (a very short run).
@@ -87,7 +96,12 @@ test_checkpoint() {
     echo "$run_dir/dev-clean-best.ckpt"
   else
     log "no dev-clean-best.ckpt in $run_dir (dev WER never improved on 100%); testing the last checkpoint"
-    ls "$run_dir"/states-*.ckpt | sort -t- -k2 -n | tail -n 1
+    local f n best=-1 last=
+    for f in "$run_dir"/states-*.ckpt; do  # the highest step, whatever characters the folder's path holds
+      n="${f##*/states-}"; n="${n%.ckpt}"
+      [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -gt "$best" ] && { best="$n"; last="$f"; }
+    done
+    printf '%s\n' "$last"
   fi
 }
 
@@ -104,13 +118,13 @@ stage_score() {
 }
 
 stage_inputs --tree "train-clean-100=$librispeech/train-clean-100" --tree "dev-clean=$librispeech/dev-clean" \
-  --tree "test-clean=$librispeech/test-clean"
-stage_outputs "$dir/data/len"
-run_stage 1 "data preparation: $librispeech -> $dir/data/len" stage_prepare
+  --tree "test-clean=$librispeech/test-clean" --file "downstream config=$config" --file "character dictionary=$dict_path"
+stage_outputs "$dir/data/len" "$dir/data/config.yaml"
+run_stage 1 "data preparation: $librispeech -> $dir/data/{len,config.yaml}" stage_prepare
 # stages 2-4 of one seed (seed_paths has run); stages 3 and 4 depend on stage 2 through its key
 run_seed() {
-  stage_inputs --value "upstream=$upstream" --file "upstream checkpoint=$ckpt" --file "downstream config=$config" \
-    --file "character dictionary=$dict_path" --value "settings=$settings" --value "seed=$seed" \
+  stage_inputs --value "upstream=$upstream" --file "upstream checkpoint=$ckpt" \
+    --file "downstream config=$dir/data/config.yaml" --value "settings=$settings" --value "seed=$seed" \
     --value "layer=${layer:-weighted sum}"
   stage_outputs "$run_dir"
   run_stage 2 "train (seed $seed${layer:+, layer $layer}): $upstream $ckpt + $librispeech/train-clean-100 -> $run_dir" stage_train

@@ -19,9 +19,10 @@
 #   --ckpt PATH           upstream checkpoint passed as -k [required]
 #   --librispeech DIR     LibriSpeech root with train-clean-100/ dev-clean/ test-clean/ [data/LibriSpeech]
 #   --lexicon "P1 P2"     lexicon files, earlier ones win: the OpenSLR 11 librispeech-lexicon.txt, then
-#                         optional g2p lexicons for the words it lacks [LIBRISPEECH/../librispeech-lexicon.txt]
+#                         optional g2p lexicons for the words it lacks; repeatable (one file each, for paths
+#                         with spaces) [LIBRISPEECH/../librispeech-lexicon.txt]
 #   --expdir DIR          experiment dir of this model; PR goes to EXPDIR/pr [exp/superb/model]
-#   --config PATH         base downstream config [packaged score_upstream/superb/pr/config.yaml]
+#   --config PATH         base downstream config [score_upstream/s3prl/superb/pr/config.yaml]
 #   --device DEV          cuda, cpu or auto [auto]
 #   --seeds "S1 S2"       downstream seeds (s3prl --seed), one training run each; 1337 is s3prl's default [1337]
 #   --jobs N              seeds run at the same time, each with its share of the cores [1]
@@ -30,9 +31,13 @@
 #   --max-steps N         training updates (also sets eval/save steps to N); empty = config's 100k []
 #   --batch-size N        utterances per batch; empty = config's 16 []
 #   --num-workers N       DataLoader worker processes [2]
-#   -o OVERRIDE           s3prl override, repeatable: -o config.runner.gradient_accumulate_steps=1
+#   -o OVERRIDE           s3prl override, repeatable: -o config.runner.gradient_accumulate_steps=1 (no paths:
+#                         s3prl splits it on ,, and = and evaluates each value) [none]
 #   --force BOOL          rerun stages already marked done [false]
 #   --stage N / --stop-stage M   first and last stage to run [1 / 4]
+#
+# The checkpoint is checked by the project's safe readers before s3prl sees it (score_upstream/s3prl/vet.py).
+# Method and protocol: docs/protocol.md.
 set -euo pipefail
 SCORE_RECIPE=pr
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -56,23 +61,39 @@ num_workers=2      # DataLoader worker processes
 overrides=         # s3prl overrides collected from -o
 force=false        # rerun finished stages
 OPTIONS="stage stop_stage upstream ckpt librispeech lexicon expdir config device seeds jobs layer lr max_steps batch_size num_workers force"
+LIST_OPTIONS="lexicon"
 parse_options "$@"
 [ ${#ARGS[@]} -eq 0 ] || die "unexpected argument: ${ARGS[0]} (see --help)"
 check_seeds
+check_count max_steps batch_size num_workers jobs
 
 recipe_paths pr
 librispeech="$(abspath "$librispeech")"
-[ -n "$lexicon" ] || lexicon="$(dirname "$librispeech")/librispeech-lexicon.txt"
+# lexicon files: each --lexicon value is one file when it names one (spaces and all), else a list split on spaces
+lexicons=()
+if [ -z "$lexicon" ]; then
+  lexicons=("$(dirname "$librispeech")/librispeech-lexicon.txt")
+else
+  while IFS= read -r value; do
+    [ -n "$value" ] || continue
+    read -ra parts <<< "$value"
+    whole=true
+    if [ ! -e "$value" ]; then for part in "${parts[@]}"; do [ -e "$part" ] && whole=false; done; fi
+    if [ "$whole" = true ]; then lexicons+=("$value"); else lexicons+=("${parts[@]}"); fi
+  done <<< "$lexicon"
+fi
+for i in "${!lexicons[@]}"; do lexicons[i]="$(abspath "${lexicons[i]}")"; done
 [ -n "$config" ] || config="$("$py" -c 'from score_upstream.s3prl.superb import asset_path; print(asset_path("pr/config.yaml"))')"
 settings="$(downstream_settings corpus "config.optimizer.lr=$lr")"  # s3prl overrides that decide the result
+# the checkpoint, read by our safe readers before any stage and before s3prl sees it
+[ "$stop_stage" -lt 2 ] || [ "$stage" -gt 3 ] || { require_ckpt "$ckpt"; vet_ckpt "$upstream" "$ckpt"; }
 lexicon_hint="get librispeech-lexicon.txt from OpenSLR 11 (https://www.openslr.org/11/) plus optional g2p lexicons (librispeech-lexicon-200k-g2p.txt, librispeech-lexicon-allothers-g2p.txt) and pass them with --lexicon"
 
 stage_prepare() {
   require_dir "$librispeech" "LibriSpeech root (--librispeech)" "download LibriSpeech from OpenSLR 12 or generate one with score-synth"
-  local lex lexicons=()
-  for lex in $lexicon; do
+  local lex
+  for lex in "${lexicons[@]}"; do
     require_file "$lex" "lexicon (--lexicon)" "$lexicon_hint"
-    lexicons+=("$(abspath "$lex")")
   done
   [ ${#lexicons[@]} -gt 0 ] || die "missing lexicon (--lexicon): $lexicon_hint"
   local args=(--librispeech "$librispeech" --lexicon "${lexicons[@]}" --out "$dir/data/config.yaml" --config "$config")
@@ -100,11 +121,11 @@ stage_score() {
 }
 
 lexicon_inputs=()
-for lex in $lexicon; do lexicon_inputs+=(--file "lexicon $((${#lexicon_inputs[@]} / 2 + 1))=$(abspath "$lex")"); done
+for lex in "${lexicons[@]}"; do lexicon_inputs+=(--file "lexicon $((${#lexicon_inputs[@]} / 2 + 1))=$lex"); done
 stage_inputs --tree "train-clean-100=$librispeech/train-clean-100" --tree "dev-clean=$librispeech/dev-clean" \
   --tree "test-clean=$librispeech/test-clean" --file "base config=$config" ${lexicon_inputs[@]+"${lexicon_inputs[@]}"}
 stage_outputs "$dir/data"
-run_stage 1 "data preparation: $librispeech + [$lexicon] -> $dir/data/config.yaml" stage_prepare
+run_stage 1 "data preparation: $librispeech + [${lexicons[*]}] -> $dir/data/config.yaml" stage_prepare
 # stages 2-4 of one seed (seed_paths has run); stages 3 and 4 depend on stage 2 through its key
 run_seed() {
   stage_inputs --value "upstream=$upstream" --file "upstream checkpoint=$ckpt" \

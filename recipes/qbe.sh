@@ -3,10 +3,10 @@
 # layer at a time, subsequence DTW (s3prl `quesst14_dtw` scores, computed by score-qbe), MTWV by score-twv.
 #
 #   recipes/qbe.sh --upstream score_hubert --ckpt exp/score/score_hubert.pt \
-#       --quesst-root data/quesst14Database --expdir exp/superb/score_hubert [--layer last]
+#       --quesst-root data/quesst14Database --expdir exp/superb/score_hubert [--qbe-layer last]
 #
-# Protocol: --layer best (SUPERB) searches every hidden layer on dev, keeps the best by dev MTWV and
-# reports it on eval; --layer last / --layer N reports a fixed layer (the SCORE authors use the last).
+# Protocol (docs/protocol.md): --qbe-layer best (SUPERB) searches every hidden layer on dev, keeps the best by
+# dev MTWV and reports it on eval; --qbe-layer last / N reports a fixed layer (the SCORE authors use the last).
 # The last layer's eval MTWV is reported beside the chosen one either way (SCORE moves only the last
 # layers, which the best-layer protocol may not pick), each eval MTWV with a bootstrap interval over queries.
 #
@@ -21,13 +21,16 @@
 # Options (default in brackets):
 #   --upstream NAME       s3prl upstream name: score_hubert, hubert_local, ... [hubert_local]
 #   --ckpt PATH           upstream checkpoint [required]
-#   --quesst-root DIR     quesst14Database folder (Audio/, dev_queries/, eval_queries/, scoring/) [data/quesst14Database]
+#   --quesst-root DIR     quesst14Database folder (Audio/, dev_queries/, eval_queries/, scoring/); old name:
+#                         --quesst [data/quesst14Database]
 #   --expdir DIR          experiment dir of this model; QbE goes to EXPDIR/qbe [exp/superb/model]
-#   --layer L             best (SUPERB: best dev layer), last, or a layer index [best]
+#   --qbe-layer L         best (SUPERB: best dev layer), last, or a layer index (old name: --layer) [best]
 #   --device DEV          cuda, cpu or auto [auto]
 #   --official BOOL       also run the QUESST Java scorer (scoring/score-TWV-Cnxe.sh) when present [true]
 #   --force BOOL          rerun stages already marked done [false]
 #   --stage N / --stop-stage M   first and last stage to run [1 / 4]
+#
+# The checkpoint is checked by the project's safe readers before s3prl sees it (score_upstream/s3prl/vet.py).
 set -euo pipefail
 SCORE_RECIPE=qbe
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -38,14 +41,18 @@ upstream=hubert_local   # s3prl upstream name
 ckpt=              # upstream checkpoint
 quesst_root=data/quesst14Database  # QUESST 2014 database folder
 expdir=exp/superb/model       # experiment dir of this model
-layer=best         # best | last | N
+qbe_layer=best     # best | last | N
 device=auto        # cuda | cpu | auto
 official=true      # also run the official Java scorer when the database ships it
 force=false        # rerun finished stages
-OPTIONS="stage stop_stage upstream ckpt quesst_root expdir layer device official force"
+OPTIONS="stage stop_stage upstream ckpt quesst_root expdir qbe_layer device official force"
+ALIASES="layer=qbe_layer quesst=quesst_root"  # old names, accepted with a notice
 parse_options "$@"
 [ ${#ARGS[@]} -eq 0 ] || die "unexpected argument: ${ARGS[0]} (see --help)"
-[[ "$layer" =~ ^(best|last|[0-9]+)$ ]] || die "--layer must be best, last or a layer index, got '$layer'"
+[[ "$qbe_layer" =~ ^(best|last|[0-9]+)$ ]] || die "--qbe-layer must be best, last or a layer index, got '$qbe_layer'"
+layer="$qbe_layer"
+# the checkpoint, read by our safe readers before any stage and before s3prl sees it
+[ "$stop_stage" -lt 2 ] || [ "$stage" -gt 3 ] || { require_ckpt "$ckpt"; vet_ckpt "$upstream" "$ckpt"; }
 
 recipe_paths qbe
 quesst_root="$(abspath "$quesst_root")"
