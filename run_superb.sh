@@ -20,16 +20,17 @@
 # The task settings and scoring: docs/protocol.md; the methods: docs/method.md.
 #
 # Options (default in brackets):
-#   --demo BOOL           run the self-contained demo; it refuses --model, --librispeech, --quesst-root and
-#                         --lexicon (it makes its own corpus and models) and honours the others [false]
+#   --demo BOOL           run the self-contained demo (corpus data/demo, experiments exp/demo, tables
+#                         results/demo, CPU); it refuses --model, --librispeech, --quesst-root, --lexicon,
+#                         --exproot, --out and --device, and honours the other options [false]
 #   --model N:U:CKPT      a model to evaluate, repeatable [none]
 #   --librispeech DIR     LibriSpeech root [data/LibriSpeech]
 #   --quesst-root DIR     quesst14Database folder; old name: --quesst [data/quesst14Database]
 #   --lexicon "P1 P2"     PR lexicon files (OpenSLR 11 librispeech-lexicon.txt + optional g2p) [LIBRISPEECH/../librispeech-lexicon.txt]
-#   --exproot DIR         experiment root, one folder per model (recipes' --expdir) [exp/superb; demo: exp/demo]
-#   --out DIR             where score-results writes the table [results/superb; demo: results/demo]
+#   --exproot DIR         experiment root, one folder per model (recipes' --expdir) [exp/superb]
+#   --out DIR             where score-results writes the table [results/superb]
 #   --tasks "asr pr qbe"  tasks to run; the demo's default leaves ASR out (see README) [asr pr qbe; demo: pr qbe]
-#   --device DEV          cuda, cpu or auto [auto; demo: cpu]
+#   --device DEV          cuda, cpu or auto [auto]
 #   --asr-max-steps N / --pr-max-steps N   the recipes' --max-steps of ASR / PR; old names: --asr-steps,
 #                         --pr-steps; empty = the SUPERB configs' [config's / config's; demo: 1000 / 400]
 #   --seeds "S1 S2 S3"    ASR and PR downstream seeds, one training run each (EXPDIR/{asr,pr}/seed<S>/); the
@@ -39,7 +40,6 @@
 #                         recipes/M/small.yaml [score laser spin]
 #   --qbe-layer L         best (SUPERB protocol) | last (SCORE authors) | N (qbe.sh --qbe-layer) [best]
 #   --demo-size SIZE      score-synth size of the demo corpus [demo]
-#   --demo-data DIR       where the demo makes its corpus [data/demo]
 #   --spin-base PATH      the HuBERT checkpoint SPIN models started from (SPIN stores only its own weights);
 #                         empty = the base path recorded in the SPIN checkpoint [none]
 #   --setup BOOL          with --demo: build or refresh .venv first (false: use the active environment) [true]
@@ -73,10 +73,9 @@ jobs=              # seeds trained at the same time; empty = 1 (3 for --demo)
 methods="score laser spin"  # --demo: methods fine-tuned from the starting model (recipes/METHOD/small.yaml)
 qbe_layer=best     # QbE layer protocol
 demo_size=demo     # score-synth size for --demo
-demo_data=         # where --demo makes its corpus; empty = data/demo in the repository
 setup=true         # --demo: build/refresh .venv with score_setup_env first
 spin_base=         # HuBERT checkpoint a SPIN model started from (score-convert --base)
-OPTIONS="spin_base setup demo model librispeech quesst_root lexicon exproot out tasks device asr_max_steps pr_max_steps seeds jobs methods qbe_layer demo_size demo_data"
+OPTIONS="spin_base setup demo model librispeech quesst_root lexicon exproot out tasks device asr_max_steps pr_max_steps seeds jobs methods qbe_layer demo_size"
 ALIASES="quesst=quesst_root asr_steps=asr_max_steps pr_steps=pr_max_steps"  # old names, accepted with a notice
 LIST_OPTIONS="model"
 OPTIONS+=" $LAUNCH_OPTIONS"
@@ -221,28 +220,20 @@ fine_tune() {
 
 # demo_refuse OPTION VALUE: --demo makes its own corpus and models; a data or model option would be ignored.
 demo_refuse() {
-  [ -z "$2" ] || die "--$1 is not used by --demo (it makes its corpus in --demo-data and its models itself); drop it, or run without --demo"
+  [ -z "$2" ] || die "--$1 is not used by --demo (corpus data/demo, experiments exp/demo, tables results/demo, CPU); drop it, or run without --demo"
 }
 
 run_demo() {
   demo_refuse model "$model"; demo_refuse librispeech "$librispeech"; demo_refuse quesst-root "$quesst_root"
-  demo_refuse lexicon "$lexicon"
-  log "demo: experiments in ${exproot:-exp/demo}, tables in ${out:-results/demo}, device ${device:-cpu}, corpus in ${demo_data:-data/demo}$( \
-    [ -z "$exproot$out$device$demo_data" ] || echo " (as given)")"
+  demo_refuse lexicon "$lexicon"; demo_refuse exproot "$exproot"; demo_refuse out "$out"; demo_refuse device "$device"
   if [ "$setup" = true ]; then
     # shellcheck source=recipes/lib/setup_env.sh
     source "$root/recipes/lib/setup_env.sh"
     score_setup_env || die "could not build the environment (see above)"
   fi
-  # paths given on the command line are relative to where the script was started, not to the repository
-  [ -z "$exproot" ] || exproot="$(abspath "$exproot")"
-  [ -z "$out" ] || out="$(abspath "$out")"
-  [ -z "$demo_data" ] || demo_data="$(abspath "$demo_data")"
   cd "$root"
-  local data="${demo_data:-data/demo}" start=$SECONDS init=score_upstream/pretrained/hubert_small_synth.pt
-  [ -n "$exproot" ] || exproot=exp/demo
-  [ -n "$out" ] || out=results/demo
-  [ -n "$device" ] || device=cpu
+  local data=data/demo start=$SECONDS init=score_upstream/pretrained/hubert_small_synth.pt
+  exproot=exp/demo out=results/demo device=cpu
   librispeech="$data/LibriSpeech" quesst_root="$data/quesst14Database" lexicon="$data/librispeech-lexicon.txt"
   require_file "$init" "shipped pre-trained model" "make it with recipes/pretrain/run.sh (about 68 min on 2 cores)"
   vet score_hubert "$init" >/dev/null
