@@ -37,7 +37,7 @@
 #                         table gives mean ± sd over them; empty = the recipes' default [1337; demo: 0 1 2]
 #   --jobs N              downstream seeds trained at the same time, each with its share of the cores [1; demo: 3]
 #   --methods "M1 M2"     with --demo: methods fine-tuned from the starting model, side by side,
-#                         recipes/M/small.yaml [score laser spin]
+#                         recipes/METHOD/small.yaml [score laser spin]
 #   --qbe-layer L         best (SUPERB protocol) | last (SCORE authors) | N (qbe.sh --qbe-layer) [best]
 #   --demo-size SIZE      score-synth size of the demo corpus [demo]
 #   --spin-base PATH      the HuBERT checkpoint SPIN models started from (SPIN stores only its own weights);
@@ -45,7 +45,7 @@
 #   --setup BOOL          with --demo: build or refresh .venv first (false: use the active environment) [true]
 #   --launcher L          local: run every recipe here; slurm: submit them as SLURM jobs chained by dependencies,
 #                         return at once (README "SUPERB on a SLURM cluster"; recipes/lib/slurm.sh) [local]
-#   --status EXPROOT      print each SLURM job of EXPROOT as done / queued / running / failed, and exit
+#   --status EXPROOT      print each SLURM job of EXPROOT as done / queued / running / failed, and exit [none]
 #   --partition P / --account A / --qos Q / --sbatch-flags "F..."   sbatch settings of every job
 #                         [$SCORE_SLURM_PARTITION / _ACCOUNT / _QOS / _FLAGS]
 #   --slurm-resources YAML   GPUs, CPUs, memory, time per kind of job [recipes/slurm/resources.yaml]
