@@ -356,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             text, _ = status(args.exproot)
             print(text)
+    except BrokenPipeError:  # a reader that stopped early (| head, grep -q): not an error of ours
+        sys.stdout = open(os.devnull, "w")
     except (SlurmError, OSError, subprocess.SubprocessError) as e:
         print(f"error: slurm: {e}", file=sys.stderr)
         return 2
