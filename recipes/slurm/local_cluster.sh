@@ -198,5 +198,6 @@ case "${1:-}" in
   stop) stop ;;
   status) status ;;
   env) printf 'export SLURM_CONF=%s\n' "$conf" ;;
+  -h|--help) awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0" ;;
   *) echo "usage: $0 start|stop|status|env (see the comment at the top of $0)" >&2; exit 2 ;;
 esac

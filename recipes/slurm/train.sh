@@ -14,7 +14,7 @@
 # recipe's updates 16-way. Logs: score-train.JOBID.out in the submit folder (sbatch --output overrides).
 # Environment: SCORE_NPROC_PER_NODE (training processes per agent), SCORE_MASTER_PORT (rendezvous port;
 # default 20000 + job id mod 20000), SCORE_PY (the Python with this package; default: python3 on PATH, the
-# environment sbatch was called from). Two agents on one machine (--nodes 1 --ntasks 2) train on CPU with
+# environment sbatch was called from). Two agents on one machine (--ntasks-per-node 2) train on CPU with
 # gloo: how the tests check it on a one-node cluster.
 #SBATCH --job-name=score-train
 #SBATCH --nodes=1
@@ -23,6 +23,10 @@
 #SBATCH --output=score-train.%j.out
 set -euo pipefail
 
+if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then
+  awk 'NR == 1 { next } /^#SBATCH/ { exit } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+  exit 0
+fi
 if [ -z "${SLURM_JOB_ID:-}" ]; then
   echo "error: train.sh: not inside a SLURM job; submit it with sbatch (see the comment at the top of $0)" >&2
   exit 2
