@@ -107,10 +107,12 @@ _score_option_name() {
   printf '%s\n' "$name"
 }
 
-# _score_suggest WORD: "; did you mean --X?" for the known option nearest to WORD (edit distance), or nothing.
+# _score_suggest WORD: "; did you mean --X?" for the known option (or old name, shown as its new one) nearest to
+# WORD by edit distance, or nothing.
 _score_suggest() {
-  local known="${OPTIONS} ${ALIASES:-}"
-  printf '%s\n' ${known//=/ } | tr '_' '-' | awk -v w="${1//_/-}" '
+  local o
+  { for o in $OPTIONS; do printf '%s %s\n' "$o" "$o"; done
+    for o in ${ALIASES:-}; do printf '%s %s\n' "${o%%=*}" "${o#*=}"; done; } | tr '_' '-' | awk -v w="${1//_/-}" '
     function dist(a, b,   i, j, la, lb, d, c) {
       la = length(a); lb = length(b)
       for (i = 0; i <= la; i++) d[i, 0] = i
@@ -124,7 +126,7 @@ _score_suggest() {
       return d[la, lb]
     }
     { s = dist(w, $1); if (index($1, w) == 1 || index(w, $1) == 1) s = s < 2 ? s : 2
-      if (best == "" || s < bs) { best = $1; bs = s } }
+      if (best == "" || s < bs) { best = $2; bs = s } }
     END { if (best != "" && bs <= (length(w) > 6 ? 4 : 2)) printf "; did you mean --%s?", best }'
 }
 

@@ -15,7 +15,6 @@ Exit status 0 on success, 2 on bad input (one-line message, no traceback).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -64,7 +63,12 @@ def convert(src: str | Path, dst: str | Path, to: str, base: str | Path | None =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="score-convert", description=__doc__.split("\n\n")[0])
+    from score_upstream.cliparse import ScoreArgumentParser
+
+    parser = ScoreArgumentParser(prog="score-convert", description=__doc__.split("\n\n")[0], examples=[
+        "score-convert hubert_base_ls960.pt exp/hubert_base.pt --to s3prl",
+        "score-convert exp/score/score_hubert.pt exp/score_hf --to hf",
+        "score-convert spin_hubert_2048.ckpt exp/spin_s3prl.pt --to s3prl --base hubert_base_ls960.pt"])
     parser.add_argument("src", help="fairseq .pt, s3prl converted .pt (SCORE checkpoint), WavLM .pt or transformers directory")
     parser.add_argument("dst", help="output .pt file (--to s3prl) or directory (--to hf)")
     parser.add_argument("--to", required=True, choices=TARGETS, help="target format")

@@ -30,7 +30,6 @@ at the state it resumes from.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import logging
@@ -458,8 +457,11 @@ def pretrain(config, data, out, overrides=(), allow_config_change: bool = False,
 
 def main(argv: list[str] | None = None) -> int:
     """``score-pretrain CONFIG.yaml --data ROOT --out DIR [key=value ...]``."""
-    ap = argparse.ArgumentParser(prog="score-pretrain", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from score_upstream.cliparse import ScoreArgumentParser
+
+    ap = ScoreArgumentParser(prog="score-pretrain", description=__doc__.split("\n\n")[0], examples=[
+        "score-pretrain recipes/pretrain/tiny.yaml --data data/demo --out exp/pretrain_tiny",
+        "recipes/pretrain/run.sh   # both iterations of the shipped small model"])
     ap.add_argument("config", help="YAML recipe, e.g. recipes/pretrain/small_iter1.yaml")
     ap.add_argument("--data", required=True, help="directory holding LibriSpeech/<subset>/ (or the subsets)")
     ap.add_argument("--out", required=True, help="output directory (labels, checkpoints, logs, hubert.pt); one run "

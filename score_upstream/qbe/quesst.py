@@ -13,7 +13,6 @@ upstream's hidden states, as s3prl's runner feeds ``quesst14_dtw``. The search i
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from score_upstream.models.formats import CheckpointError
 from score_upstream.qbe.search import QbeError, qbe_scores
 from score_upstream.qbe.stdlist import MIN_QUERY_FRAMES, STDLIST_NAME, StdlistError, write_stdlist
 
@@ -149,6 +149,10 @@ def score_quesst(args) -> list[Path]:
     dataset = quesst_dataset(args.quesst_root, args.split)
     if not hasattr(hub, args.upstream):
         raise QbeError(f"--upstream {args.upstream!r}: not an s3prl.hub upstream (e.g. score_hubert, hubert_local)")
+    from score_upstream.s3prl.vet import vet
+
+    if args.ckpt is not None:
+        vet(args.ckpt, args.upstream)  # safe readers first: s3prl's own upstreams unpickle and eval() what it holds
     expert = getattr(hub, args.upstream)(ckpt=args.ckpt).to(args.device).eval()
     probe = expert([torch.zeros(16000, device=args.device)])["hidden_states"]
     layers = _parse_layers(args.layers, len(probe))
@@ -176,7 +180,12 @@ def _search_and_write(queries, docs, query_names, doc_names, out: Path, args) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``score-qbe``: see the module docstring; ``score-qbe --help`` lists the options."""
-    p = argparse.ArgumentParser(prog="score-qbe", description="QUESST14 query-by-example search (s3prl quesst14_dtw scores).")
+    from score_upstream.cliparse import ScoreArgumentParser
+
+    p = ScoreArgumentParser(prog="score-qbe", description="QUESST14 query-by-example search (s3prl quesst14_dtw scores).",
+                            examples=["score-qbe --upstream score_hubert --ckpt exp/score/score_hubert.pt "
+                                      "--quesst-root data/quesst14Database --split dev --out exp/qbe/dev"])
+    p.add_alias("--quesst", "--quesst-root")
     p.add_argument("--upstream", default="score_hubert", help="s3prl.hub upstream name")
     p.add_argument("--ckpt", help="checkpoint passed to the upstream as ckpt")
     p.add_argument("--quesst-root", help="quesst14Database folder")
@@ -189,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-docs", type=int, default=32, help="documents per search block")
     p.add_argument("--batch-queries", type=int, default=16, help="queries per search block")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="compute dtype of our search")
-    p.add_argument("--workers", type=int, default=None, help="dtw-python processes of --impl s3prl (default: all CPUs)")
+    p.add_argument("--workers", type=int, default=None, help="dtw-python processes of --impl s3prl; empty = all CPUs")
     p.add_argument("--max-feature-gb", type=float, default=8.0, help="memory for the features of the layers held at once")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -206,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise QbeError("give --ckpt and --quesst-root (or --features FILE)")
             for path in score_quesst(args):
                 print(path)
-    except (QbeError, StdlistError, FileNotFoundError) as e:
+    except (QbeError, StdlistError, FileNotFoundError, CheckpointError) as e:
         print(f"score-qbe: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -29,7 +29,6 @@ The normalised cross-entropy figures of the official tool (actCnxe / minCnxe) ar
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -125,14 +124,14 @@ def _parse_xml(path: Path) -> ET.Element:
         raise TWVError(f"{path}: cannot read ({err.strerror})") from None
 
 
-def _find_one(directory: Path, suffix: str) -> Path:
+_GT_HINT = "pass a QUESST ground-truth folder such as scoring/groundtruth_quesst14_dev"
+
+
+def _find_one(directory: Path, suffix: str, hint: str = _GT_HINT) -> Path:
     found = sorted(p for p in directory.glob(f"*{suffix}") if p.is_file())
     if len(found) != 1:
         what = "no" if not found else f"{len(found)} ({', '.join(p.name for p in found)})"
-        raise TWVError(
-            f"{directory}: found {what} '*{suffix}' file(s), expected exactly one; "
-            f"pass a QUESST ground-truth folder such as scoring/groundtruth_quesst14_dev"
-        )
+        raise TWVError(f"{directory}: found {what} '*{suffix}' file(s), expected exactly one; {hint}")
     return found[0]
 
 
@@ -294,7 +293,8 @@ def score_twv(stdlist_dir: str | os.PathLike, gt_dir: str | os.PathLike, default
     if not path.is_file():
         if not stdlist_dir.is_dir():
             raise TWVError(f"{stdlist_dir}: folder not found; expected the QbE run's folder with {STDLIST_NAME}")
-        path = _find_one(stdlist_dir, ".stdlist.xml")
+        path = _find_one(stdlist_dir, ".stdlist.xml", "pass the system output folder (STDLIST_DIR, first argument) "
+                         f"holding {STDLIST_NAME}, as score-qbe writes it")
     gt = read_ground_truth(gt_dir)
     system = read_stdlist(path, gt, default_score)
     mtwv, theta = max_twv(system.scores, gt.targets)
@@ -384,8 +384,11 @@ def run_official_scorer(
 
 def main(argv: list[str] | None = None) -> int:
     """``score-twv STDLIST_DIR GROUNDTRUTH_DIR [--default-score -10]``: print and save actTWV/maxTWV."""
-    parser = argparse.ArgumentParser(
+    from score_upstream.cliparse import ScoreArgumentParser
+
+    parser = ScoreArgumentParser(
         prog="score-twv",
+        examples=["score-twv exp/superb/hubert/qbe/eval/layer12 data/quesst14Database/scoring/groundtruth_quesst14_eval"],
         description="QUESST 2014 actTWV / maxTWV of a benchmark.stdlist.xml, written to STDLIST_DIR/score.out.",
     )
     parser.add_argument("stdlist_dir", help="folder holding benchmark.stdlist.xml (s3prl quesst14_dtw output)")

@@ -286,6 +286,24 @@ def _set_runs(row: ModelResult, metric: str, values: dict) -> None:
         row.sd[metric] = statistics.stdev(values.values())
 
 
+def empty_experiment(expdir: str | Path) -> str | None:
+    """Why ``expdir`` holds no experiment (no model.json, no task folder), or None when it holds one.
+
+    The message names the experiment folders inside it, for a parent folder given by mistake.
+    """
+    expdir = Path(expdir)
+    if not expdir.is_dir() or (expdir / "model.json").is_file():
+        return None
+    folders = sorted(set(TASK_DIR.values()))
+    if any((expdir / folder).is_dir() for folder in folders):
+        return None
+    inside = sorted(p.parent.name for p in expdir.glob("*/model.json"))
+    where = (f"it holds {len(inside)}: pass {expdir}/{{{','.join(inside)}}}" if inside
+             else "run_superb.sh or the recipes write them")
+    return (f"{expdir}: no model.json and no {'/, '.join(folders)}/ folder; expected one experiment folder per "
+            f"model ({where})")
+
+
 def read_experiment(expdir: str | Path) -> ModelResult:
     """Collect one model's WER, PER and MTWV from ``expdir`` (layout in the module docstring)."""
     expdir = Path(expdir)

@@ -26,7 +26,6 @@ the same numbers. All models see the same utterances, views and references.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -311,7 +310,11 @@ def parse_model(spec: str) -> tuple[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """``score-invariance --model NAME=CKPT... --split DIR [--utterances N] [--seed S] [--out DIR]``."""
-    parser = argparse.ArgumentParser(prog="score-invariance", description=__doc__.split("\n\n")[0])
+    from score_upstream.cliparse import ScoreArgumentParser
+
+    parser = ScoreArgumentParser(prog="score-invariance", description=__doc__.split("\n\n")[0], examples=[
+        "score-invariance --model HuBERT=score_upstream/pretrained/hubert_small_synth.pt "
+        "--model SCORE=exp/demo/score/score_hubert.pt --split data/demo/LibriSpeech/test-clean --out results/demo"])
     parser.add_argument("--model", action="append", default=[], metavar="NAME=CKPT",
                         help="a model to measure (any HuBERT checkpoint load_hubert reads); repeatable")
     parser.add_argument("--split", required=True, help="held-out LibriSpeech split folder (SPEAKER/CHAPTER/*.flac)")

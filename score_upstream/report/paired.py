@@ -27,7 +27,6 @@ interval lies wholly on the improving side (below zero for WER and PER, above fo
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import statistics
@@ -178,7 +177,11 @@ def render(base: str, rows: list[tuple[str, Difference]], header: list[str]) -> 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m score_upstream.report.paired BASE_EXPDIR EXPDIR... [--groundtruth DIR] --out DIR``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from score_upstream.cliparse import ScoreArgumentParser
+
+    parser = ScoreArgumentParser(prog="score-paired", description=__doc__.split("\n\n")[0], examples=[
+        "score-paired exp/demo/hubert exp/demo/score exp/demo/spin --out results/demo "
+        "--groundtruth data/demo/quesst14Database/scoring/groundtruth_quesst14_eval"])
     parser.add_argument("base", help="experiment folder of the baseline (e.g. the starting HuBERT)")
     parser.add_argument("expdirs", nargs="+", help="experiment folders of the models compared with it")
     parser.add_argument("--groundtruth", default=None, help="QUESST eval ground truth (groundtruth_quesst14_eval) for MTWV")
@@ -194,9 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             new = read_experiment(d)
             rows += [(new.name, x) for x in differences(base, new, gt).values() if isinstance(x, Difference)]
     except (ResultsError, TWVError) as e:
-        print(f"paired: error: {e}", file=sys.stderr)
+        print(f"score-paired: error: {e}", file=sys.stderr)
         return 2
-    header = header_lines("python -m score_upstream.report.paired", argv, args.banner)
+    header = header_lines("score-paired", argv, args.banner)
     md, records = render(base.name, rows, header)
     out = Path(args.out)
     write_text(md, out / "paired.md")

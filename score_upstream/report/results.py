@@ -30,15 +30,14 @@ This module only wires them together; the names other code reads here (``read_ex
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
 from score_upstream.report.experiments import (
     FAMILIES, KINDS, LAST, LOWER_IS_BETTER, METRICS, MISSING, NA, NOT_REPORTED, NOT_RUN, OTHER_FAMILY, REL_KEY,
-    TASK_OF, VANILLA, ModelResult, ResultsError, Training, default_family, error_rate_from_arks, parse_s3prl_log,
-    read_experiment, read_qbe_result, read_reported, read_runs, read_training,
+    TASK_OF, VANILLA, ModelResult, ResultsError, Training, default_family, empty_experiment, error_rate_from_arks,
+    parse_s3prl_log, read_experiment, read_qbe_result, read_reported, read_runs, read_training,
 )
 from score_upstream.report.provenance import header_lines, provenance
 from score_upstream.report.table import build_table, compare, comparisons, relative_improvement
@@ -62,12 +61,17 @@ def _sources(rows: list[ModelResult]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     """``score-results EXPDIR... --out DIR [--groundtruth DIR] [--reported CSV | --no-reported] [--title T]
     [--banner B]``."""
-    parser = argparse.ArgumentParser(prog="score-results", description="SUPERB ASR/PR/QbE tables from experiment folders.")
+    from score_upstream.cliparse import ScoreArgumentParser
+
+    parser = ScoreArgumentParser(prog="score-results", description="SUPERB ASR/PR/QbE tables from experiment folders.",
+                                 examples=["score-results exp/superb/hubert exp/superb/score --out results/superb",
+                                           "score-results exp/demo/hubert exp/demo/score --out results/demo --no-reported "
+                                           "--groundtruth data/demo/quesst14Database/scoring/groundtruth_quesst14_eval"])
     parser.add_argument("expdirs", nargs="*", help="one experiment root per model (score_upstream.report.experiments)")
     parser.add_argument("--out", default="results", help="output folder (superb.csv, superb.md, superb.png)")
     parser.add_argument("--groundtruth", default=None,
                         help="QUESST eval ground truth (scoring/groundtruth_quesst14_eval) for the paired MTWV differences")
-    parser.add_argument("--reported", default=None, help="published numbers (default: results/reported.csv if present)")
+    parser.add_argument("--reported", default=None, help="published numbers; empty = results/reported.csv if present")
     parser.add_argument("--no-reported", action="store_true", help="leave the published numbers out")
     parser.add_argument("--title", default="SUPERB: SCORE vs HuBERT (WavLM) vs SPIN", help="table and plot title")
     parser.add_argument("--banner", default="", help="warning line on top of every output, e.g. for demo numbers")
@@ -78,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     from score_upstream.report.render import markdown, write_csv, write_text
 
     try:
+        # a folder holding other experiments, or nothing given holding any: nothing to tabulate, say so
+        empty = {d: empty_experiment(d) for d in args.expdirs}
+        for d, why in empty.items():
+            if why and (len(args.expdirs) == 1 or "it holds" in why or all(empty.values())):
+                raise ResultsError(why)
         rows = [read_experiment(d) for d in args.expdirs]
         if not args.no_reported:
             reported = Path(args.reported or "results/reported.csv")

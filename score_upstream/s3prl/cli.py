@@ -2,8 +2,8 @@
 
 How to run (the arguments are s3prl's ``run_downstream.py`` arguments)::
 
-    score-s3prl -m train -u score_hubert -k exp/score/score_hubert.pt -d asr -p exp/asr \
-        -o "config.downstream_expert.datarc.libri_root='/data/LibriSpeech',,config.downstream_expert.datarc.bucket_file='exp/asr/data/len'"
+    score-s3prl -m train -u score_hubert -k exp/score/score_hubert.pt -d asr -p exp/asr \\
+        -c exp/asr/data/config.yaml     # data paths in the config (recipes/asr.sh stage 1), never inside -o
     score-s3prl -m evaluate -e exp/asr/dev-clean-best.ckpt -t test-clean
     score-s3prl -m train -e exp/asr                 # resume from the newest states-*.ckpt
     python -m score_upstream.s3prl.cli ...          # the same
@@ -14,7 +14,9 @@ Added to s3prl's behaviour:
 * without ``-c``, a downstream we package a config for (``score_upstream/s3prl/superb/<name>/config.yaml``,
   ``asr`` -> ``asr``, ``ctc`` -> ``pr``, ``quesst14_dtw`` -> ``qbe``) uses it, and the asr ``dict_path`` defaults to the packaged ``char.dict``;
 * a missing checkpoint, config or experiment, a checkpoint in no HuBERT/WavLM format, or one of the
-  other family than the upstream (``score_hubert`` vs ``score_wavlm``), is reported in one line (exit status 2) before s3prl starts. Set ``SCORE_TRACEBACK=1`` to see tracebacks.
+  other family than the upstream (``score_hubert`` vs ``score_wavlm``), is reported in one line (exit status 2) before s3prl starts. Set ``SCORE_TRACEBACK=1`` to see tracebacks;
+* every ``-k`` checkpoint passes :func:`score_upstream.s3prl.vet.vet` first (weights-only read, the conv
+  front-end string parsed with bounds), also for s3prl's own ``hubert_local`` / ``wavlm_local``.
 
 Checkpoints written by the runner record the upstream name (``score_hubert``); evaluate and resume
 go through this same entry point, so the name resolves again.
@@ -80,6 +82,10 @@ def prepare_argv(argv: list[str]) -> list[str]:
         expected = "wavlm" if upstream == "score_wavlm" else "hubert"
         if found != expected:
             raise CliError(f"{ckpt}: a {found} checkpoint; -u {upstream} reads {expected} ones (use -u score_{found})")
+    if ckpt is not None and upstream is not None and not ckpt.startswith("http"):
+        from score_upstream.s3prl.vet import vet
+
+        vet(ckpt, upstream)  # safe readers first: s3prl's own upstreams unpickle the file and eval() its config
     config = _value(argv, "-c", "--config")
     downstream = _value(argv, "-d", "--downstream")
     if config is None and downstream is not None:
@@ -156,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
             run_downstream.hub = upstreams_only(saved_hub)
         try:
             run_downstream.main()
+        except SystemExit as done:
+            if s3prl_argv is argv and not done.code:  # after s3prl's option list: what we add, with examples
+                from score_upstream.cliparse import strip_markup
+
+                print("\n" + strip_markup(__doc__).strip())
+            raise
         finally:
             sys.argv, run_downstream.hub = saved, saved_hub
     except (CliError, CheckpointError, CompatError, FileNotFoundError) as e:

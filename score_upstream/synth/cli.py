@@ -21,11 +21,15 @@ from score_upstream.synth import SIZES, SynthError, generate
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="score-synth", description=__doc__.split("\n\n")[0])
+    from score_upstream.cliparse import ScoreArgumentParser
+
+    p = ScoreArgumentParser(prog="score-synth", description=__doc__.split("\n\n")[0], examples=[
+        "score-synth --out data/tiny --size tiny",
+        "score-synth --out data/demo --size demo --seed 0 --overwrite"])
     p.add_argument("--out", required=True, help="output root: LibriSpeech/, quesst14Database/, lexicon, manifest")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
-    p.add_argument("--size", default="tiny", choices=sorted(SIZES), help="corpus size (default tiny)")
-    p.add_argument("--jobs", type=int, default=None, help="parallel espeak-ng processes (default: CPU count)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    p.add_argument("--size", default="tiny", choices=sorted(SIZES), help="corpus size")
+    p.add_argument("--jobs", type=int, default=None, help="parallel espeak-ng processes; empty = the CPU count")
     p.add_argument("--overwrite", action="store_true", help="replace a corpus made with another seed/size")
     p.add_argument("--disjoint-from", action="append", default=[], metavar="SIZE:SEED",
                    help="use none of the voices of that corpus (repeatable), e.g. demo:0")

@@ -41,7 +41,6 @@ the recipe, in ``score_hubert.pt`` (``score.input_speech_hours``, ``score.view_s
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import math
@@ -632,8 +631,12 @@ def train(config: str | os.PathLike | TrainConfig | None, data: str | os.PathLik
 
 def main(argv: list[str] | None = None) -> int:
     """``score-train CONFIG.yaml --data LIBRISPEECH_ROOT (--out DIR [--overwrite] | --plan) [key=value ...]``."""
-    ap = argparse.ArgumentParser(prog="score-train", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from score_upstream.cliparse import ScoreArgumentParser
+
+    ap = ScoreArgumentParser(prog="score-train", description=__doc__.split("\n\n")[0], examples=[
+        "score-train recipes/score/tiny.yaml --data data/demo --out exp/score_tiny",
+        "score-train recipes/score/small.yaml --data data/demo --out exp/score model.init=score_upstream/pretrained/hubert_small_synth.pt",
+        "score-train recipes/score/hubert_base.yaml --data /data --plan"])
     ap.add_argument("config", help="YAML recipe, e.g. recipes/score/hubert_base.yaml")
     ap.add_argument("--data", required=True, help="directory holding LibriSpeech/<subset>/ (or the subsets)")
     ap.add_argument("--out", help="output directory (checkpoints, logs, score_hubert.pt / score_wavlm.pt); one run "
