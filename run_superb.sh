@@ -89,8 +89,9 @@ done
 # vet UPSTREAM CKPT: "UPSTREAM FAMILY score|vanilla" from the project's safe readers (stdout only; its one
 # error line goes to stderr and stops the script): the file loads without running code, its config strings
 # parse within bounds, and its family and format fit UPSTREAM.
+# Further arguments go to the checker (--base BASE for a SPIN checkpoint).
 vet() {
-  "$(score_python)" -m score_upstream.s3prl.vet --upstream "$1" "$2" || exit 2
+  "$(score_python)" -m score_upstream.s3prl.vet --upstream "$1" "$2" "${@:3}" || exit 2
 }
 
 # split_model LINE: NAME UPSTREAM CKPT of a --model line into name, upstream, ckpt; stops on a bad one.
@@ -111,7 +112,11 @@ check_models() {
     [ -n "$line" ] || continue
     split_model "$line"
     [ -e "$ckpt" ] || die "missing checkpoint of model '$name': $ckpt"
-    vet "$upstream" "$ckpt" >/dev/null
+    if [ "$upstream" = spin ]; then
+      vet spin "$ckpt" ${spin_base:+--base "$spin_base"} >/dev/null
+    else
+      vet "$upstream" "$ckpt" >/dev/null
+    fi
   done <<< "$model"
 }
 

@@ -49,11 +49,6 @@ LAST_HIDDEN_STATE = 12  # the tiny models have 12 layers: hidden states 0..12
 RESULT_FILES = {"asr": "asr/seed0/result.json", "pr": "pr/seed0/result.json", "qbe": "qbe/qbe_result.json"}
 TABLE_COLUMNS = {"asr": "wer", "pr": "per", "qbe": "mtwv"}
 SAFE_SPIN_LOADING = hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint")
-# run_superb.sh's check_models vets a spin:spin:CKPT model without --spin-base (vet.py reads it through
-# read_checkpoint, i.e. read_spin(path) with no base), so a SPIN checkpoint that records a URL as its base, as
-# the released ones do, stops the run before any stage even with --spin-base given
-SPIN_VET_BUG = ("run_superb.sh check_models: `vet spin CKPT` ignores --spin-base; a SPIN checkpoint whose base is "
-                "a URL stops with 'a SPIN checkpoint stores weights only; pass the HuBERT it was initialised from'")
 _LOG_LINE = re.compile(r"^\[(asr|pr|qbe|run_superb) (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\] ")
 
 
@@ -64,7 +59,6 @@ def _cells():
             marks = [pytest.mark.slow] if cell in SLOW else []
             if upstream == "spin":
                 marks.append(pytest.mark.skipif(not SAFE_SPIN_LOADING, reason="SPIN conversion needs torch >= 2.6"))
-                marks.append(pytest.mark.xfail(strict=True, reason=SPIN_VET_BUG))
             yield pytest.param((family, upstream), task, id=cell, marks=marks)
 
 
@@ -234,9 +228,9 @@ def _run_combo(request, family: str, upstream: str) -> Run:
         t0 = time.time()
         proc = subprocess.run(
             [REPO / "run_superb.sh", "--librispeech", micro_corpus / "LibriSpeech",
-             "--quesst", tiny_corpus / "quesst14Database", "--lexicon", micro_corpus / "librispeech-lexicon.txt",
+             "--quesst-root", tiny_corpus / "quesst14Database", "--lexicon", micro_corpus / "librispeech-lexicon.txt",
              "--model", f"{family}:{upstream}:{ckpt}", *extra, "--tasks", " ".join(left), "--exproot", root / "exp",
-             "--out", root / "results", "--device", "cpu", "--asr-steps", "1", "--pr-steps", "2", "--seeds", "0"],
+             "--out", root / "results", "--device", "cpu", "--asr-max-steps", "1", "--pr-max-steps", "2", "--seeds", "0"],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
         end = time.time()
         matrix_table.runs[f"{family}-{upstream}" + (f" (again from {left[0]})" if left != tasks else "")] = (

@@ -114,13 +114,15 @@ def _check_plain(path: Path) -> None:
     walk(state, "")
 
 
-def vet(path: str | Path, upstream: str = "score_hubert") -> Vetted:
+def vet(path: str | Path, upstream: str = "score_hubert", base: str | Path | None = None) -> Vetted:
     """Check ``path`` for ``upstream`` before s3prl reads it.
 
     Args:
         path: the checkpoint file (or transformers directory for our upstreams).
         upstream: the s3prl upstream it is for; ``auto`` and ``spin`` as run_superb.sh uses them. An upstream
             outside :data:`KNOWN_UPSTREAMS` only gets the weights-only load and the front-end check.
+        base: for ``spin``, the HuBERT the SPIN model started from (SPIN stores only its own weights); None =
+            the base path recorded in the SPIN checkpoint.
 
     Raises:
         CheckpointError: one line naming the file and, for a bad config, the key.
@@ -137,7 +139,12 @@ def vet(path: str | Path, upstream: str = "score_hubert") -> Vetted:
 
     want_family, want_formats = KNOWN_UPSTREAMS[upstream]
     try:
-        raw = read_checkpoint(path)
+        if upstream == "spin":
+            from score_upstream.models.formats.spin import read_spin
+
+            raw = read_spin(path, base=base)
+        else:
+            raw = read_checkpoint(path)
     except CheckpointError as e:
         raise CheckpointError(_with_path(path, str(e))) from None
     family = getattr(raw, "family", "hubert")
@@ -168,9 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("ckpt", help="checkpoint file")
     p.add_argument("--upstream", default="score_hubert", help="the s3prl upstream it is for (auto: from the content)")
+    p.add_argument("--base", default=None,
+                   help="with --upstream spin: the HuBERT checkpoint the SPIN model started from (default: the one it records)")
     args = p.parse_args(argv)
     try:
-        v = vet(args.ckpt, args.upstream)
+        v = vet(args.ckpt, args.upstream, args.base)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

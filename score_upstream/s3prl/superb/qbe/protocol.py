@@ -150,7 +150,7 @@ def report(qbe_dir: str | Path, layer: int, protocol: str, scope: str, groundtru
         groundtruth_dir: the eval ground truth; given, each reported eval MTWV gets its bootstrap interval
             over queries (:func:`eval_interval`).
         last: index of the model's last hidden state; given, its eval MTWV is reported beside ``layer``
-            (SPEC §5 (a): SCORE moves only the last layers, which the best-dev-layer protocol may not pick).
+            (SCORE moves only the last layers, which the best-dev-layer protocol may not pick).
 
     Returns:
         ``{"layer", "dev_mtwv", "eval_mtwv", "protocol", "scope", "dev_mtwv_per_layer", "scorer"}``
