@@ -458,6 +458,24 @@ def test_run_superb_rejects_bad_model_specs(tmp_path):
     _assert_one_error(_run([REPO / "run_superb.sh", "--unknown"]), "unknown option: --unknown")
 
 
+def _markdown_tables(text: str, header_start: str) -> dict[str, dict[str, str]]:
+    """Rows (by first cell) of the Markdown table of ``text`` whose header line starts with ``header_start``;
+    repeated column names get a suffix (``vs HuBERT``, ``vs HuBERT 2``)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    header, seen = [], {}
+    for c in (c.strip() for c in lines[start].strip("|").split("|")):
+        seen[c] = seen.get(c, 0) + 1
+        header.append(c if seen[c] == 1 else f"{c} {seen[c]}")
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(header, cells))
+    return rows
+
+
 @pytest.mark.slow
 def test_run_superb_demo_fills_every_cell(tmp_path):
     """The README's main command, end to end (about 12 minutes on 2 CPU cores): every PR and QbE cell of the
@@ -469,12 +487,13 @@ def test_run_superb_demo_fills_every_cell(tmp_path):
     table = (REPO / "results" / "demo" / "superb.md").read_text()
     for name in ("superb.png", "invariance.png", "invariance.md"):
         assert (REPO / "results" / "demo" / name).stat().st_size > 0
-    lines = table.splitlines()
-    header = [c.strip() for c in next(line for line in lines if line.startswith("| Model |")).strip("|").split("|")]
-    rows = {cells[0]: dict(zip(header, cells)) for cells in (
-        [c.strip() for c in line.strip("|").split("|")] for line in lines
-        if line.startswith(("| HuBERT", "| SCORE", "| LASER", "| SPIN")))}
-    assert sorted(rows) == ["HuBERT", "LASER", "SCORE", "SPIN"]
+    summary, wide = _markdown_tables(table, "| Model | PER % (PR) | vs HuBERT |"), _markdown_tables(table, "| Model | Kind |")
+    assert sorted(summary) == sorted(wide) == ["HuBERT", "LASER", "SCORE", "SPIN"]
+    for name in ("SCORE", "LASER", "SPIN"):  # every paired difference of the summary has its verdict
+        for column in ("vs HuBERT", "vs SPIN"):
+            cells = [v for k, v in summary[name].items() if k.startswith(column)]
+            assert cells and all(c.split()[0].strip("*") in ("better", "worse", "not", "baseline") for c in cells), cells
+    rows = wide
     for name, row in rows.items():
         for column in ("PER % (PR)", "MTWV (QbE)", "QbE layer", "MTWV last layer", "PR vs HuBERT", "QbE vs HuBERT"):
             assert row[column] not in ("", "missing"), (name, column, row[column])

@@ -466,4 +466,4 @@ def test_run_superb_auto_upstream_from_the_checkpoint(trained, tiny_hubert_ckpt,
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\0" * 64)
     _assert_one_error(_run([REPO / "run_superb.sh", "--model", f"j:auto:{junk}", "--exproot", tmp_path]),
-                      "UPSTREAM auto", "not a HuBERT checkpoint")
+                      str(junk), "not a HuBERT checkpoint")
