@@ -120,6 +120,7 @@ def test_cli_writes_csv_md_plot(tmp_path, capsys):
     assert results.main([str(h), str(s), str(empty), "--out", str(out), "--no-reported", "--banner", banner]) == 0
     md = (out / "superb.md").read_text()
     assert banner in md and "git commit" in md and "torch 2." in md and "s3prl" in md
+    assert banner not in md.splitlines()[0]  # on its own line, not repeated in the title
     assert "| SCORE | score | 38.00 | 45.00 | 0.2500 | 12 | +5.00% | +10.00% | +25.00% |" in md
     assert "| unfinished | other | missing | missing | missing | missing |" in md
     assert "SPIN" not in md.split("## All columns")[1].split("\n")[2]  # no vs-SPIN columns without a SPIN row

@@ -101,13 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         except TWVError as e:
             raise ResultsError(f"--groundtruth {args.groundtruth}: {e}") from None
         header = header_lines("score-results", argv)
-        title = f"{args.title} ({args.banner})" if args.banner else args.title
+        # the figure may be seen alone, so it carries the banner in its title; the page has it as its own line
+        figure_title = f"{args.title} ({args.banner})" if args.banner else args.title
         table = build_table(rows)
         paired = comparisons(rows, gt)
         out = Path(args.out)
         write_csv(table, out / "superb.csv", [args.banner, *header] if args.banner else header)
-        plot(table, paired, out / "superb.png", title)
-        write_text(markdown(table, header, title, banner=args.banner, comparisons=paired, sources=_sources(rows),
+        plot(table, paired, out / "superb.png", figure_title)
+        write_text(markdown(table, header, args.title, banner=args.banner, comparisons=paired, sources=_sources(rows),
                             figure="superb.png"), out / "superb.md")
     except ResultsError as e:
         print(f"score-results: error: {e}", file=sys.stderr)
