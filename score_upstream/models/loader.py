@@ -25,6 +25,7 @@ from score_upstream.models.formats import CheckpointError, read_checkpoint
 
 FAMILIES = ("hubert", "wavlm")
 _LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.")
+MAX_LAYERS = 256  # transformer layers; released models have 12 or 24
 
 
 @dataclass(frozen=True)
@@ -63,15 +64,28 @@ def read_shape(path: str | os.PathLike, family: str | None = None) -> Checkpoint
     found = getattr(raw, "family", "hubert")
     if family is not None and found != family:
         raise CheckpointError(f"{path}: a {found} checkpoint ({raw.source_format} format); expected a {family} one")
-    cfg = raw.cfg if found == "wavlm" else raw.model_cfg
-    layers = int(cfg.get("encoder_layers", 12))
-    indices = {int(m.group(1)) for m in map(_LAYER_KEY.match, raw.state_dict) if m}
-    if indices != set(range(layers)):
-        held = f"layers {min(indices)}..{max(indices)} ({len(indices)})" if indices else "no encoder.layers.* weights"
-        raise CheckpointError(f"{path}: its config says encoder_layers={layers} but its weights hold {held}; "
-                              f"expected one weight group per layer (a truncated or edited checkpoint?)")
+    cfg, section = (raw.cfg, "cfg") if found == "wavlm" else (raw.model_cfg, "model_cfg")
+    layers = check_depth(path, cfg, raw.state_dict, section)
     embed = cfg.get("encoder_embed_dim")
     return CheckpointShape(found, raw.source_format, layers, int(embed) if embed is not None else None)
+
+
+def check_depth(path: str | os.PathLike, cfg: dict, state_dict: dict, section: str = "model_cfg") -> int:
+    """The config's ``encoder_layers`` (fairseq's default 12 when absent): an integer 1..MAX_LAYERS that agrees
+    with the ``encoder.layers.<k>.`` weights ``state_dict`` holds, which is what a network loaded from it has.
+
+    Raises:
+        CheckpointError: one line naming the file and ``section.encoder_layers``.
+    """
+    layers = cfg.get("encoder_layers", 12)
+    if type(layers) is not int or not 1 <= layers <= MAX_LAYERS:
+        raise CheckpointError(f"{path}: {section}.encoder_layers={layers!r}; expected an integer 1..{MAX_LAYERS}")
+    indices = {int(m.group(1)) for m in map(_LAYER_KEY.match, state_dict) if m}
+    if indices != set(range(layers)):
+        held = f"layers {min(indices)}..{max(indices)} ({len(indices)})" if indices else "no encoder.layers.* weights"
+        raise CheckpointError(f"{path}: {section}.encoder_layers={layers} but its weights hold {held}; "
+                              "expected one weight group per layer (a truncated or edited checkpoint?)")
+    return layers
 
 
 def load_model(path: str | os.PathLike, family: str | None = None):

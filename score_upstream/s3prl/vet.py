@@ -17,13 +17,12 @@ the key. The recipes (``recipes/lib/common.sh: vet_ckpt``), ``run_superb.sh``, `
 
 from __future__ import annotations
 
-import argparse
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from score_upstream.models.formats import CheckpointError
+from score_upstream.models.loader import check_depth
 
 # upstream -> (family it reads, formats it reads; None = every format our readers know)
 KNOWN_UPSTREAMS = {
@@ -35,9 +34,7 @@ KNOWN_UPSTREAMS = {
     "spin": ("hubert", ("spin",)),  # run_superb.sh: a SPIN Lightning checkpoint, converted by score-convert
     "auto": (None, None),  # run_superb.sh: score_hubert or score_wavlm, from the content
 }
-MAX_LAYERS = 256  # transformer layers; released models have 12 or 24
 BASE_CONV_LAYERS = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
-_LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.")
 _HINTS = {
     "s3prl": "convert it with `score-convert CKPT OUT.pt --to s3prl`, or use --upstream score_hubert, which reads any format",
     "wavlm": "use --upstream score_wavlm, which reads any WavLM format",
@@ -73,14 +70,7 @@ def _check_config(path: Path, cfg: dict, section: str, state_dict: dict) -> None
         parse_conv_layers(cfg.get("conv_feature_layers", BASE_CONV_LAYERS))
     except CheckpointError as e:
         raise CheckpointError(_with_path(path, str(e).replace("model_cfg.", f"{section}.", 1))) from None
-    raw_layers = cfg.get("encoder_layers", 12)
-    if type(raw_layers) is not int or not 1 <= raw_layers <= MAX_LAYERS:
-        raise CheckpointError(f"{path}: {section}.encoder_layers={raw_layers!r}; expected an integer 1..{MAX_LAYERS}")
-    indices = {int(m.group(1)) for m in map(_LAYER_KEY.match, state_dict) if m}
-    if indices != set(range(raw_layers)):
-        held = f"layers {min(indices)}..{max(indices)}" if indices else "no encoder.layers.* weights"
-        raise CheckpointError(f"{path}: {section}.encoder_layers={raw_layers} but its weights hold {held}; "
-                              "expected one weight group per layer (a truncated or edited checkpoint?)")
+    check_depth(path, cfg, state_dict, section)
 
 
 def _check_plain(path: Path) -> None:
