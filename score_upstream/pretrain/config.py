@@ -2,9 +2,14 @@
 
 Same rules as ``score-train`` (:mod:`score_upstream.training.config`): an unknown key or a wrong type is an
 error naming the key, before any data or model is touched. Defaults are HuBERT's recipe where it scales
-(Hsu et al., 2021; fairseq ``hubert_base_librispeech.yaml``) and the settings that made a small model learn
-on a few hours of speech where it does not (measured, recipes/README.md: the loss on unmasked frames, mask_prob 0.65,
+(Hsu et al., 2021; fairseq ``hubert_base_librispeech.yaml``, ``hubert_criterion.py``, ``simple_kmeans/``,
+``config/pretrain/data/iter1.yaml``) and the settings that made a small model learn on a few hours of
+speech where it does not (measured, recipes/README.md: the loss on unmasked frames, mask_prob 0.65,
 feature_grad_mult 1.0).
+
+Three keys keep the behaviour that made the shipped model (``recipes/pretrain/small_iter*.yaml`` set them):
+``loss.normalisation: masked_frames``, ``labels.mfcc_rate: 50`` and the k-means sample
+``labels.kmeans_fraction: 1.0, labels.max_frames: 300000, labels.n_init: 5``. The defaults are fairseq's.
 
 Example::
 
@@ -35,8 +40,14 @@ class LabelConfig:
     model: str = ""  # features=hubert: the previous iteration's checkpoint (any HuBERT format)
     layer: int = 4  # features=hubert: transformer layer (1-based) whose output is clustered
     clusters: int = 100  # HuBERT Base: 100 (iteration 1), 500 (iteration 2)
-    max_frames: int = 300_000  # frames sampled for fitting k-means (all frames are labelled)
-    n_init: int = 5  # k-means restarts; the best is kept
+    # features=mfcc: MFCC frames per second. 100: fairseq's iteration 1 (25 ms window, 10 ms shift,
+    # label_rate 100; model frame i takes label 2i); 50: a 20 ms shift, one label per model frame (shipped model)
+    mfcc_rate: Literal[50, 100] = 100
+    # k-means is fitted on the frames of this fraction of the training utterances (fairseq learn_kmeans
+    # --percent 0.1); 1.0: all of them. All frames are labelled.
+    kmeans_fraction: float = 0.1
+    max_frames: Optional[int] = None  # at most this many of those frames, drawn at random; null: all (fairseq)
+    n_init: int = 20  # k-means restarts, the best is kept (fairseq: 20)
 
 
 @dataclass
@@ -55,6 +66,10 @@ class PretrainDataConfig:
 class PretrainLossConfig:
     unmasked_weight: float = 0.5  # weight of the loss on unmasked frames (HuBERT Base: 0)
     features_penalty: float = 10.0  # weight of the L2 penalty on the CNN features (fairseq loss_weights)
+    # sample_size: fairseq's criterion, (CE_m + w CE_u + penalty x sample_size) / sample_size with
+    # sample_size = masked frames (+ unmasked frames when w > 0); masked_frames: (CE_m + w CE_u) / masked
+    # frames + penalty (the shipped model)
+    normalisation: Literal["sample_size", "masked_frames"] = "sample_size"
 
 
 @dataclass
@@ -105,6 +120,10 @@ class PretrainConfig:
         need(lab.features == "mfcc" or bool(lab.model), "labels.model", lab.model,
              "expected the previous iteration's checkpoint when labels.features=hubert")
         need(lab.layer >= 1, "labels.layer", lab.layer, "expected a 1-based layer")
+        need(0 < lab.kmeans_fraction <= 1, "labels.kmeans_fraction", lab.kmeans_fraction, "expected a fraction in (0, 1]")
+        need(lab.max_frames is None or lab.max_frames >= lab.clusters, "labels.max_frames", lab.max_frames,
+             "expected null or at least labels.clusters frames")
+        need(lab.n_init >= 1, "labels.n_init", lab.n_init, "expected >= 1")
         need(self.loss.unmasked_weight >= 0, "loss.unmasked_weight", self.loss.unmasked_weight, "expected >= 0")
         need(0 <= self.stop_at <= o.total_steps, "stop_at", self.stop_at, "expected 0 (off) or a step <= total_steps")
         for key in ("log_every", "valid_every", "save_every", "keep_checkpoints"):

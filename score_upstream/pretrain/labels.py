@@ -1,24 +1,29 @@
-"""Frame labels for HuBERT pre-training: features at 50 Hz, k-means, one cluster id per frame.
+"""Frame labels for HuBERT pre-training: features, k-means, one cluster id per model frame.
 
 HuBERT (Hsu et al., 2021, §III-B/IV-B) makes its targets in iterations: iteration 1 clusters MFCC
 features (13 coefficients + deltas + delta-deltas, 39 dims, no normalisation), each later iteration
 clusters an intermediate transformer layer of the previous iteration's model. Clustering is
-scikit-learn's ``MiniBatchKMeans`` with k-means++ initialisation, as in HuBERT's own recipe.
+scikit-learn's ``MiniBatchKMeans`` with k-means++ initialisation, as in HuBERT's own recipe
+(fairseq ``examples/hubert/simple_kmeans/learn_kmeans.py``: n_init 20 on a 10 % sample of utterances).
 
-Frames line up with the model's by construction: Kaldi MFCC with a 25 ms window and a 20 ms shift
-(``snip_edges``) yields ``floor((T - 400) / 320) + 1`` frames, exactly what HuBERT's CNN front-end
-(receptive field 400 samples, hop 320) yields.
+Frames line up with the model's by construction. Kaldi MFCC (``snip_edges``) with a 25 ms window and a
+shift of ``hop`` samples yields ``floor((T - 400) / hop) + 1`` frames. fairseq's iteration 1 uses a 10 ms
+shift (100 Hz, ``label_rate: 100``); its ``HubertModel.forward_targets`` gives model frame ``i`` (hop 320,
+50 Hz) the label ``i * label_rate / 50 = 2i``, whose window starts at the same sample, and keeps only the
+first ``floor(labels / 2)`` model frames of an utterance (:func:`usable_frames`). A 20 ms shift (50 Hz)
+yields exactly the CNN's ``floor((T - 400) / 320) + 1`` frames, one label each (the shipped model's labels).
 
 Example::
 
-    feats = [mfcc_features(wav) for wav in waves]             # (frames, 39) each
+    feats = [mfcc_features(wav, rate=100) for wav in waves]  # (label frames, 39) each
     km = fit_kmeans(feats, clusters=100, seed=0)
-    labels = [assign(km, f) for f in feats]                     # (frames,) int64 each
+    labels = [model_rate(assign(km, f), 100) for f in feats]  # (model frames,) int64 each
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Callable, Iterable
 
 import numpy as np
@@ -28,20 +33,47 @@ logger = logging.getLogger(__name__)
 
 HOP = 320
 WINDOW = 400
+MODEL_RATE = 50  # frames per second of HuBERT's CNN at 16 kHz
 
 
 def num_frames(num_samples: int) -> int:
-    """Frames of a ``num_samples`` waveform at 50 Hz (HuBERT's CNN and the MFCC below agree)."""
+    """Frames of a ``num_samples`` waveform at 50 Hz (HuBERT's CNN and the 50 Hz MFCC below agree)."""
     return max(0, (num_samples - WINDOW) // HOP + 1)
 
 
-def mfcc_features(wav: torch.Tensor, sample_rate: int = 16000) -> torch.Tensor:
+def stride(rate: int) -> int:
+    """Label frames per model frame: 1 at 50 Hz, 2 at 100 Hz (fairseq's ``feat2tar_ratio``)."""
+    if rate % MODEL_RATE:
+        raise ValueError(f"label rate {rate} Hz: expected a multiple of the model's {MODEL_RATE} Hz (50 or 100)")
+    return rate // MODEL_RATE
+
+
+def num_label_frames(num_samples: int, rate: int = MODEL_RATE) -> int:
+    """MFCC frames of a ``num_samples`` waveform at ``rate`` frames per second (16 kHz)."""
+    return max(0, (num_samples - WINDOW) // (HOP // stride(rate)) + 1)
+
+
+def usable_frames(num_samples: int, rate: int = MODEL_RATE) -> int:
+    """Model frames of an utterance that have a label: fairseq's ``forward_targets`` keeps
+    ``feat_tsz`` frames only while ``feat2tar_ratio * feat_tsz <= label frames``, so at 100 Hz an odd
+    label count loses the last model frame; at 50 Hz every CNN frame has its label."""
+    return min(num_frames(num_samples), num_label_frames(num_samples, rate) // stride(rate))
+
+
+def model_rate(units: torch.Tensor, rate: int = MODEL_RATE) -> torch.Tensor:
+    """Label frames -> one label per model frame: label ``i * stride`` for model frame ``i``
+    (fairseq ``target_inds = arange(feat_tsz) * label_rate / feat_rate``); as long as the CNN's output."""
+    return units[::stride(rate)]
+
+
+def mfcc_features(wav: torch.Tensor, sample_rate: int = 16000, rate: int = MODEL_RATE) -> torch.Tensor:
     """HuBERT iteration-1 features: Kaldi MFCC (13, no energy), deltas and delta-deltas.
 
     Args:
         wav: (T,) float waveform in [-1, 1].
+        rate: frames per second: 100 (fairseq's 10 ms shift) or 50 (20 ms, one frame per model frame).
     Returns:
-        (num_frames(T), 39) float32.
+        (num_label_frames(T, rate), 39) float32.
     """
     import torchaudio
 
@@ -49,7 +81,7 @@ def mfcc_features(wav: torch.Tensor, sample_rate: int = 16000) -> torch.Tensor:
         return torch.zeros(0, 39)
     mfcc = torchaudio.compliance.kaldi.mfcc(wav[None].float(), sample_frequency=sample_rate, use_energy=False,
                                             frame_length=WINDOW * 1000 / sample_rate,
-                                            frame_shift=HOP * 1000 / sample_rate, dither=0.0)
+                                            frame_shift=HOP // stride(rate) * 1000 / sample_rate, dither=0.0)
     m = mfcc.T[None]  # (1, 13, frames)
     d = torchaudio.functional.compute_deltas(m)
     dd = torchaudio.functional.compute_deltas(d)
@@ -76,18 +108,25 @@ def hubert_layer_features(bundle, layer: int) -> Callable[[torch.Tensor], torch.
     return features
 
 
-def sample_frames(feats: list[torch.Tensor], max_frames: int, seed: int) -> np.ndarray:
-    """At most ``max_frames`` rows drawn without replacement from all utterances' frames (float32)."""
+def sample_frames(feats: list[torch.Tensor], max_frames: int | None, seed: int, fraction: float = 1.0) -> np.ndarray:
+    """The frames k-means is fitted on (float32): those of ``ceil(fraction * utterances)`` utterances drawn
+    without replacement (fairseq's ``--percent``; 1.0 draws nothing), then at most ``max_frames`` of them
+    drawn without replacement (None: all)."""
+    if fraction < 1.0:
+        g = torch.Generator().manual_seed(seed)
+        keep = torch.randperm(len(feats), generator=g)[:math.ceil(fraction * len(feats))]
+        feats = [feats[i] for i in sorted(keep.tolist())]
     allf = torch.cat([f for f in feats if f.shape[0] > 0])
-    if allf.shape[0] > max_frames:
+    if max_frames is not None and allf.shape[0] > max_frames:
         g = torch.Generator().manual_seed(seed)
         allf = allf[torch.randperm(allf.shape[0], generator=g)[:max_frames]]
     return allf.numpy().astype(np.float32)
 
 
-def fit_kmeans(feats: list[torch.Tensor], clusters: int, seed: int, max_frames: int = 300_000,
-               batch_size: int = 10_000, n_init: int = 5, max_iter: int = 100):
-    """MiniBatchKMeans on a sample of frames (HuBERT's settings: k-means++, no reassignment, tol 0).
+def fit_kmeans(feats: list[torch.Tensor], clusters: int, seed: int, max_frames: int | None = None,
+               batch_size: int = 10_000, n_init: int = 20, max_iter: int = 100, fraction: float = 1.0):
+    """MiniBatchKMeans on a sample of frames (:func:`sample_frames`; fairseq's settings: k-means++, n_init 20,
+    batch 10,000, 100 iterations, no reassignment, tol 0).
 
     Returns:
         the fitted ``sklearn.cluster.MiniBatchKMeans``.
@@ -96,9 +135,10 @@ def fit_kmeans(feats: list[torch.Tensor], clusters: int, seed: int, max_frames: 
     """
     from sklearn.cluster import MiniBatchKMeans
 
-    x = sample_frames(feats, max_frames, seed)
+    x = sample_frames(feats, max_frames, seed, fraction)
     if x.shape[0] < clusters:
-        raise ValueError(f"{x.shape[0]} frames for {clusters} clusters; lower labels.clusters or add audio")
+        raise ValueError(f"{x.shape[0]} frames sampled for {clusters} clusters; lower labels.clusters, raise "
+                         "labels.kmeans_fraction or add audio")
     km = MiniBatchKMeans(n_clusters=clusters, init="k-means++", max_iter=max_iter, batch_size=batch_size, tol=0.0,
                          max_no_improvement=100, n_init=n_init, reassignment_ratio=0.0, random_state=seed,
                          compute_labels=False)

@@ -11,14 +11,16 @@ Run::
 
 The objective is HuBERT's (Hsu et al., 2021, Eq. 1-3): spans of the CNN features are replaced by a learnt
 mask embedding (span 10, ``mask_prob`` of the frames start a span), the transformer's output goes through
-``final_proj`` and is scored against every label embedding by cosine similarity / 0.1; the loss is the
-cross-entropy on masked frames plus ``loss.unmasked_weight`` times that on unmasked frames, divided by
-the number of masked frames, plus ``loss.features_penalty`` times the mean squared CNN feature. The
-network, masking and logits are s3prl's copy of fairseq's ``HubertModel``, so the result is an ordinary
-HuBERT checkpoint.
+``final_proj`` and is scored against every label embedding by cosine similarity / 0.1; the loss is
+fairseq's ``hubert_criterion`` (:func:`objective`): the cross-entropy summed over masked frames plus
+``loss.unmasked_weight`` times that over unmasked frames, plus ``loss.features_penalty`` times the mean
+squared CNN feature times ``sample_size``, all divided by ``sample_size`` = masked frames (+ unmasked
+frames when the weight is > 0). The network, masking and logits are s3prl's copy of fairseq's
+``HubertModel``, so the result is an ordinary HuBERT checkpoint.
 
 Each update takes ``data.batch_crops`` utterances, crops all of them to the shortest (at most
-``data.crop_seconds``) at a random frame boundary, as HuBERT's data loader does without padding. Data
+``data.crop_seconds``; an utterance's frames are those with a label, :func:`labels.usable_frames`) at a
+random frame boundary, as HuBERT's data loader does without padding. Data
 order, crops, masks and dropout are functions of ``(seed, step)``, so a resumed run repeats the same updates.
 Outputs in ``--out``: ``labels.pt`` (k-means units of every utterance), ``hubert.pt`` (s3prl's converted
 format with ``final_proj`` and the label embeddings, plus a ``pretrain`` entry with the provenance),
@@ -59,6 +61,8 @@ logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 LABELS_VERSION = 1
+# what a state written before these keys existed ran with (its config lacks them)
+LEGACY = {"loss": {"normalisation": "masked_frames"}, "labels": {"mfcc_rate": 50, "kmeans_fraction": 1.0}}
 NUM_SPECIALS = 4  # fairseq dictionaries put <s>, <pad>, </s>, <unk> before the units
 # keys that may change between a run and its resumption (how the run is driven, not what it computes)
 RUN_KEYS = ("resume", "stop_at", "progress", "log_every", "device", "threads", "keep_checkpoints", "save_every")
@@ -78,6 +82,47 @@ def model_cfg_for(cfg: PretrainConfig) -> dict:
 
     make = {"tiny": hubert.tiny_model_cfg, "small": hubert.small_model_cfg, "base": hubert.base_model_cfg}
     return make[cfg.model.arch](**cfg.model.overrides)
+
+
+# ---------------------------------------------------------------------------------------------- objective
+def prediction_sums(logit_m: torch.Tensor, logit_u: torch.Tensor) -> dict:
+    """Summed cross-entropy, frame counts and correct frames of HubertModel's logits.
+
+    Args:
+        logit_m, logit_u: (masked frames, 1 + negatives) and (unmasked frames, ...) logits, the target's
+            first (fairseq ``compute_logits``: the positive label embedding in column 0).
+    """
+    zero_m = torch.zeros(logit_m.shape[0], dtype=torch.long, device=logit_m.device)
+    zero_u = torch.zeros(logit_u.shape[0], dtype=torch.long, device=logit_u.device)
+    return {"ce_m": F.cross_entropy(logit_m, zero_m, reduction="sum"), "ce_u": F.cross_entropy(logit_u, zero_u, reduction="sum"),
+            "n_m": logit_m.shape[0], "n_u": logit_u.shape[0],
+            "acc_m": int((logit_m.argmax(-1) == 0).sum()), "acc_u": int((logit_u.argmax(-1) == 0).sum())}
+
+
+def objective(ce_m: torch.Tensor, ce_u: torch.Tensor, pen: torch.Tensor, n_m: int, n_u: int, loss,
+              total_m: float | None = None, total_u: float | None = None, world: int = 1) -> torch.Tensor:
+    """The loss whose gradient is applied (one process's share; the processes' shares are summed).
+
+    ``loss.normalisation="sample_size"`` (fairseq ``HubertCriterion``, with ``pred_masked_weight`` 1):
+    ``(CE_m + w CE_u + features_penalty * pen * n) / N`` where ``n`` = this process's masked frames (+ its
+    unmasked frames when ``w = loss.unmasked_weight > 0``) and ``N`` the same over all processes (fairseq
+    sums loss and sample_size over GPUs, then divides). ``"masked_frames"`` (the shipped model):
+    ``(CE_m + w CE_u) / total_m + features_penalty * pen / world``.
+
+    Args:
+        ce_m, ce_u: summed cross-entropy over this process's masked / unmasked frames.
+        pen: this process's features penalty (mean squared CNN feature).
+        n_m, n_u: this process's masked / unmasked frames; total_m, total_u: all processes' (default: n_m, n_u).
+    """
+    total_m = n_m if total_m is None else total_m
+    total_u = n_u if total_u is None else total_u
+    w, fp = loss.unmasked_weight, loss.features_penalty
+    ce = ce_m + w * ce_u if w > 0 else ce_m
+    if loss.normalisation == "masked_frames":
+        return ce / max(1.0, total_m) + fp * pen / world
+    local = n_m + (n_u if w > 0 else 0)
+    size = total_m + (total_u if w > 0 else 0)
+    return (ce + fp * pen * local) / max(1.0, size)
 
 
 # ------------------------------------------------------------------------------------------------- labels
@@ -101,6 +146,9 @@ def make_labels(cfg: PretrainConfig, train: list[Utterance], valid: list[Utteran
         model = file_sha256(lab.model) if Path(lab.model).is_file() else tree_fingerprint(lab.model)
     key = {"features": lab.features, "model_sha256": model, "layer": lab.layer, "clusters": lab.clusters,
            "max_frames": lab.max_frames, "n_init": lab.n_init, "seed": cfg.seed, "corpus": corpus}
+    rate = label_rate(cfg)
+    if (rate, lab.kmeans_fraction) != (L.MODEL_RATE, 1.0):  # keys of caches made before these settings stay valid
+        key.update({"rate": rate, "kmeans_fraction": lab.kmeans_fraction})
     path = out / "labels.pt"
     if path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=True)
@@ -109,7 +157,8 @@ def make_labels(cfg: PretrainConfig, train: list[Utterance], valid: list[Utteran
             return cached
         logger.info("%s was made from other inputs (label settings, clustered model or corpus); rebuilding it", path)
     if lab.features == "mfcc":
-        featurize = L.mfcc_features
+        def featurize(wav):
+            return L.mfcc_features(wav, cfg.data.sample_rate, rate)
     else:
         from score_upstream.models.hubert import load_hubert
 
@@ -123,14 +172,25 @@ def make_labels(cfg: PretrainConfig, train: list[Utterance], valid: list[Utteran
             logger.warning("labels: skipping %s", e)
     logger.info("labels: %s features of %d utterances in %.0f s", lab.features, len(feats), time.perf_counter() - t0)
     km = L.fit_kmeans([feats[u.path] for u in train if u.path in feats], lab.clusters, cfg.seed,
-                      max_frames=lab.max_frames, n_init=lab.n_init)
-    units = {p: L.assign(km, f).to(torch.int16) for p, f in feats.items()}
+                      max_frames=lab.max_frames, n_init=lab.n_init, fraction=lab.kmeans_fraction)
+    # every label frame is assigned; one label per model frame is kept (label 2i for frame i at 100 Hz)
+    units = {p: L.model_rate(L.assign(km, f), rate).to(torch.int16) for p, f in feats.items()}
     usage = L.cluster_usage((units[u.path].long() for u in train if u.path in units), lab.clusters)
     logger.info("labels: cluster usage %s", usage)
-    data = {FORMAT_VERSION_KEY: LABELS_VERSION, "key": key, "units": units, "usage": usage,
+    data = {FORMAT_VERSION_KEY: LABELS_VERSION, "key": key, "units": units, "usage": usage, "rate": rate,
             "centroids": torch.from_numpy(km.cluster_centers_).float()}
     atomic_save(data, path)
     return data
+
+
+def label_rate(cfg: PretrainConfig) -> int:
+    """Label frames per second: ``labels.mfcc_rate`` for MFCC, the model's 50 Hz for a model's layer."""
+    return cfg.labels.mfcc_rate if cfg.labels.features == "mfcc" else L.MODEL_RATE
+
+
+def labelled_frames(units: dict, utt: Utterance, rate: int) -> int:
+    """Model frames of ``utt`` that have a label (fairseq's rule at 100 Hz, :func:`labels.usable_frames`)."""
+    return min(len(units[utt.path]), L.usable_frames(utt.num_samples, rate)) if utt.path in units else 0
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -138,12 +198,17 @@ class CropBatches:
     """Updates of ``batch_crops`` utterances, cropped at frame boundaries to the shortest of them.
 
     Args:
-        utts: usable utterances (each with units). units: ``{path: (frames,) int16}``.
+        utts: usable utterances (each with units). units: ``{path: (model frames,) int16}``.
+        rate: the labels' frame rate; an utterance offers :func:`labels.usable_frames` frames of it.
     """
 
-    def __init__(self, utts: list[Utterance], units: dict, cfg: PretrainConfig):
-        self.utts, self.units, self.cfg = utts, units, cfg
+    def __init__(self, utts: list[Utterance], units: dict, cfg: PretrainConfig, rate: int = L.MODEL_RATE):
+        self.utts, self.units, self.cfg, self.rate = utts, units, cfg, rate
         self.max_frames = L.num_frames(int(cfg.data.crop_seconds * cfg.data.sample_rate))
+
+    def frames(self, i: int) -> int:
+        """Frames of utterance ``i`` that have a label (fairseq's rule at 100 Hz, all of them at 50 Hz)."""
+        return labelled_frames(self.units, self.utts[i], self.rate)
 
     def updates_per_epoch(self) -> int:
         return len(self.utts) // self.cfg.data.batch_crops
@@ -156,14 +221,14 @@ class CropBatches:
 
     def crops(self, indices: list[int], seed: int, sr: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(wav (B, samples), targets (B, frames))`` with targets as dictionary indices (unit + 4)."""
-        frames = min(self.max_frames, *(len(self.units[self.utts[i].path]) for i in indices))
+        frames = min(self.max_frames, *(self.frames(i) for i in indices))
         g = torch.Generator().manual_seed(seed)
         span = (frames - 1) * L.HOP + L.WINDOW
         wavs, targets = [], []
         for i in indices:
             u = self.utts[i]
             units = self.units[u.path]
-            start = int(torch.randint(0, len(units) - frames + 1, (1,), generator=g))
+            start = int(torch.randint(0, self.frames(i) - frames + 1, (1,), generator=g))
             wav = _read(u, sr)[start * L.HOP: start * L.HOP + span]
             wavs.append(F.pad(wav, (0, span - wav.numel())))  # a header that overstates the length
             targets.append(units[start:start + frames].long() + NUM_SPECIALS)
@@ -207,10 +272,10 @@ class Pretrainer:
             dist.barrier()
             if not self.leader:
                 self.labels = torch.load(self.out / "labels.pt", map_location="cpu", weights_only=True)
-        units = self.labels["units"]
-        self.train = [u for u in train if u.path in units and len(units[u.path]) > 0]
-        self.valid = [u for u in valid if u.path in units and len(units[u.path]) > 0]
-        self.batches = CropBatches(self.train, units, cfg)
+        units, self.rate = self.labels["units"], self.labels.get("rate", L.MODEL_RATE)
+        self.train = [u for u in train if labelled_frames(units, u, self.rate) > 0]
+        self.valid = [u for u in valid if labelled_frames(units, u, self.rate) > 0]
+        self.batches = CropBatches(self.train, units, cfg, self.rate)
         if self.batches.updates_per_epoch() == 0:
             raise DataError(f"{data_root}: {len(self.train)} usable utterances, fewer than data.batch_crops="
                             f"{cfg.data.batch_crops}")
@@ -249,7 +314,12 @@ class Pretrainer:
             raise PretrainError(f"{path}: cannot load training state ({e}); delete it to start over") from None
         if state.get(FORMAT_VERSION_KEY) != STATE_VERSION or state.get("kind") != "score_pretrain_state":
             raise PretrainError(f"{path}: not a score-pretrain state of version {STATE_VERSION}")
-        check_resume_config(path, state["config"], config_to_dict(self.cfg), RUN_KEYS, allow_changes, PretrainError)
+        old, new = state["config"], config_to_dict(self.cfg)
+        for section, keys in LEGACY.items():
+            old[section] = {**keys, **old.get(section, {})}
+        if old["labels"].get("features") != "mfcc":  # the MFCC rate means nothing to a model's layer
+            old["labels"]["mfcc_rate"] = new["labels"]["mfcc_rate"]
+        check_resume_config(path, old, new, RUN_KEYS, allow_changes, PretrainError)
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -263,12 +333,8 @@ class Pretrainer:
         bf16 = self.cfg.precision == "bf16" and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             net = self.model(wav.to(self.device), target_list=[targets.to(self.device)], padding_mask=pad, mask=True)
-        lm, lu = net["logit_m_list"][0].float(), net["logit_u_list"][0].float()
-        zero_m = torch.zeros(lm.shape[0], dtype=torch.long, device=lm.device)
-        zero_u = torch.zeros(lu.shape[0], dtype=torch.long, device=lu.device)
-        return {"ce_m": F.cross_entropy(lm, zero_m, reduction="sum"), "ce_u": F.cross_entropy(lu, zero_u, reduction="sum"),
-                "n_m": lm.shape[0], "n_u": lu.shape[0], "pen": net["features_pen"].float(),
-                "acc_m": int((lm.argmax(-1) == 0).sum()), "acc_u": int((lu.argmax(-1) == 0).sum())}
+        sums = prediction_sums(net["logit_m_list"][0].float(), net["logit_u_list"][0].float())
+        return {**sums, "pen": net["features_pen"].float()}
 
     def _seed_step(self, *extra: int) -> None:
         # fairseq's compute_mask_indices draws from numpy's global generator; dropout from torch's
@@ -288,7 +354,8 @@ class Pretrainer:
         if self.world > 1:
             dist.all_reduce(stats)
         n_m = max(1.0, float(stats[0]))
-        loss = (r["ce_m"] + cfg.loss.unmasked_weight * r["ce_u"]) / n_m + cfg.loss.features_penalty * r["pen"] / self.world
+        loss = objective(r["ce_m"], r["ce_u"], r["pen"], r["n_m"], r["n_u"], cfg.loss, float(stats[0]), float(stats[1]),
+                         self.world)
         loss.backward()
         if self.world > 1:
             flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1)
@@ -331,7 +398,7 @@ class Pretrainer:
         self.model.eval()
         tot = {"ce_m": 0.0, "n_m": 0, "acc_m": 0, "ce_u": 0.0, "n_u": 0, "acc_u": 0}
         rng_np, rng_t = np.random.get_state(), torch.get_rng_state()
-        batches = CropBatches(self.valid, self.labels["units"], self.cfg)
+        batches = CropBatches(self.valid, self.labels["units"], self.cfg, self.rate)
         for i in range(len(self.valid)):
             np.random.seed(mix_seed(self.cfg.seed, i, 13) % 2**32)
             wav, targets = batches.crops([i], mix_seed(self.cfg.seed, i, 17), self.cfg.data.sample_rate)
@@ -436,7 +503,8 @@ class Pretrainer:
         extra = {"pretrain": {
             "method": "HuBERT masked prediction of k-means units", "version": __version__, "steps": self.step,
             "labels": {"features": self.cfg.labels.features, "model": self.cfg.labels.model, "layer": self.cfg.labels.layer,
-                       "clusters": self.cfg.labels.clusters, "usage": self.labels["usage"]},
+                       "clusters": self.cfg.labels.clusters, "rate": self.rate, "usage": self.labels["usage"]},
+            "loss_normalisation": self.cfg.loss.normalisation,
             "train_utterances": len(self.train), "train_hours": sum(u.num_samples for u in self.train) / 16000 / 3600,
             "processed_hours": self.audio_seconds / 3600, "valid": self.last_valid, "corpus": source,
             "commit": prov.get("git_commit", "unknown"), "versions": prov.get("versions", ""),
