@@ -35,6 +35,10 @@
 #                         --pr-steps; empty = the SUPERB configs' [config's / config's; demo: 1000 / 400]
 #   --seeds "S1 S2 S3"    ASR and PR downstream seeds, one training run each (EXPDIR/{asr,pr}/seed<S>/); the
 #                         table gives mean ± sd over them; empty = the recipes' default [1337; demo: 0 1 2]
+#   --lrs "LR1 LR2"       ASR and PR downstream learning rates to sweep: each model's rate chosen on dev (lowest
+#                         mean over seeds), its test value reported, the table says which; one value = that rate,
+#                         no sweep; empty = the recipes' (PR 5e-4, ASR the config's 1e-4) [none]
+#   --asr-lrs "..." / --pr-lrs "..."   the same for one task, over --lrs [none]
 #   --jobs N              downstream seeds trained at the same time, each with its share of the cores [1; demo: 3]
 #   --methods "M1 M2"     with --demo: methods fine-tuned from the starting model, side by side,
 #                         recipes/METHOD/small.yaml [score laser spin]
@@ -70,16 +74,21 @@ asr_max_steps=     # ASR training updates; empty = config's
 pr_max_steps=      # PR training updates; empty = config's
 seeds=             # ASR/PR downstream seeds ("0 1 2"); empty = the recipes' default
 jobs=              # seeds trained at the same time; empty = 1 (3 for --demo)
+lrs=               # ASR/PR learning rates to sweep, chosen on dev; empty = the recipes'
+asr_lrs=           # ASR learning rates, over --lrs
+pr_lrs=            # PR learning rates, over --lrs
 methods="score laser spin"  # --demo: methods fine-tuned from the starting model (recipes/METHOD/small.yaml)
 qbe_layer=best     # QbE layer protocol
 demo_size=demo     # score-synth size for --demo
 setup=true         # --demo: build/refresh .venv with score_setup_env first
 spin_base=         # HuBERT checkpoint a SPIN model started from (score-convert --base)
-OPTIONS="spin_base setup demo model librispeech quesst_root lexicon exproot out tasks device asr_max_steps pr_max_steps seeds jobs methods qbe_layer demo_size"
+OPTIONS="spin_base setup demo model librispeech quesst_root lexicon exproot out tasks device asr_max_steps pr_max_steps seeds jobs lrs asr_lrs pr_lrs methods qbe_layer demo_size"
 ALIASES="quesst=quesst_root asr_steps=asr_max_steps pr_steps=pr_max_steps"  # old names, accepted with a notice
 LIST_OPTIONS="model"
 OPTIONS+=" $LAUNCH_OPTIONS"
 parse_options "$@"
+[ -n "$asr_lrs" ] || asr_lrs="$lrs"
+[ -n "$pr_lrs" ] || pr_lrs="$lrs"
 launch_check  # --status EXPROOT: prints the state of its SLURM jobs and exits
 for spec in "${ARGS[@]}"; do
   [[ "$spec" == *:* ]] || die "unexpected argument: $spec (expected UPSTREAM:CKPT or --model NAME:UPSTREAM:CKPT)"
@@ -168,10 +177,11 @@ PY
   for task in $tasks; do
     case "$task" in
       asr) launch_task asr "$root/recipes/asr.sh" "${common[@]}" --librispeech "$librispeech" ${asr_max_steps:+--max-steps "$asr_max_steps"} \
-             ${seeds:+--seeds "$seeds"} ${jobs:+--jobs "$jobs"} ${asr_opts[@]+"${asr_opts[@]}"} || return ;;
+             ${seeds:+--seeds "$seeds"} ${jobs:+--jobs "$jobs"} ${asr_opts[@]+"${asr_opts[@]}"} \
+             ${asr_lrs:+--lrs "$asr_lrs"} || return ;;
       pr) launch_task pr "$root/recipes/pr.sh" "${common[@]}" --librispeech "$librispeech" ${lexicon:+--lexicon "$lexicon"} \
             ${pr_max_steps:+--max-steps "$pr_max_steps"} ${seeds:+--seeds "$seeds"} ${jobs:+--jobs "$jobs"} \
-            ${pr_opts[@]+"${pr_opts[@]}"} || return ;;
+            ${pr_opts[@]+"${pr_opts[@]}"} ${pr_lrs:+--lrs "$pr_lrs"} || return ;;
       qbe) launch_task qbe "$root/recipes/qbe.sh" "${common[@]}" --quesst-root "$quesst_root" --qbe-layer "$qbe_layer" || return ;;
       *) die "unknown task '$task' in --tasks; expected asr, pr, qbe" ;;
     esac

@@ -7,7 +7,9 @@
 #
 # Stages (--stage N --stop-stage M; a stage reruns when the content of its inputs changed, clearing what it
 # wrote before, and is skipped otherwise; --force true redoes it); stages 2-4 run once per downstream seed,
-# into EXPDIR/asr/seed<S>/; EXPDIR/asr/manifest.json lists the seeds of the last run (score-results: mean and sd):
+# into EXPDIR/asr/seed<S>/ (with --lrs of several rates: once per rate and seed, into EXPDIR/asr/lr<LR>/seed<S>/);
+# EXPDIR/asr/manifest.json lists the seeds of the last run (score-results: mean and sd) and, for a sweep, the
+# rate chosen on dev (lowest mean over seeds of the best dev-clean WER) whose test WER the tables report:
 #   1 data preparation: check LibriSpeech, write length files and the config with the data paths
 #                                                                    -> EXPDIR/asr/data/{len/,config.yaml}
 #   2 train:            score-s3prl -m train --seed S               -> EXPDIR/asr/seed<S>/dev-clean-best.ckpt
@@ -24,10 +26,14 @@
 #   --seeds "S1 S2"       downstream seeds (s3prl --seed), one training run each; 1337 is s3prl's default [1337]
 #   --jobs N              seeds run at the same time, each with its share of the cores [1]
 #   --layer N             train on hidden state N only (0 = CNN output); empty = SUPERB's weighted sum of all []
+#   --lr LR               Adam learning rate; empty = the config's (SUPERB: 1e-4) []
+#   --lrs "LR1 LR2"       learning rates to sweep (SUPERB chooses each downstream's on dev), over --lr; one
+#                         value behaves as --lr []
+#   --run-lr LR           of --lrs, run only LR (one job per rate under SLURM; stage 4 with all rates chooses) []
 #   --max-steps N         training updates (also sets eval/save steps to N); empty = config's 200k []
 #   --batch-size N        utterances per batch; empty = config's 32 []
 #   --num-workers N       DataLoader worker processes [2]
-#   -o OVERRIDE           s3prl override, repeatable: -o config.optimizer.lr=2e-4 (no paths: s3prl splits
+#   -o OVERRIDE           s3prl override, repeatable: -o config.runner.gradient_clipping=1 (no paths: s3prl splits
 #                         it on ,, and = and evaluates each value) [none]
 #   --force BOOL          rerun stages already marked done [false]
 #   --stage N / --stop-stage M   first and last stage to run [1 / 4]
@@ -49,22 +55,25 @@ device=auto        # cuda | cpu | auto
 seeds=1337         # downstream seeds, one run each (s3prl's default seed is 1337)
 jobs=1             # seeds trained at the same time
 layer=             # one hidden state (s3prl -l); empty = weighted sum of all (SUPERB)
+lr=                # learning rate; empty = the config's (SUPERB: 1e-4)
+lrs=               # learning rates to sweep, chosen on dev; empty = --lr alone
+run_lr=            # of --lrs, run only this rate
 max_steps=         # training updates; empty = the config's
 batch_size=        # batch size; empty = the config's
 num_workers=2      # DataLoader worker processes
 overrides=         # s3prl overrides collected from -o
 force=false        # rerun finished stages
-OPTIONS="stage stop_stage upstream ckpt librispeech expdir config device seeds jobs layer max_steps batch_size num_workers force"
+OPTIONS="stage stop_stage upstream ckpt librispeech expdir config device seeds jobs layer lr lrs run_lr max_steps batch_size num_workers force"
 parse_options "$@"
 [ ${#ARGS[@]} -eq 0 ] || die "unexpected argument: ${ARGS[0]} (see --help)"
 check_seeds
+check_lrs
 check_count max_steps batch_size num_workers jobs
 
 recipe_paths asr
 librispeech="$(abspath "$librispeech")"
 [ -n "$config" ] || config="$("$py" -c 'from score_upstream.s3prl.superb import asset_path; print(asset_path("asr/config.yaml"))')"
 dict_path="$("$py" -c 'from score_upstream.s3prl.superb import asset_path; print(asset_path("asr/char.dict"))')"
-settings="$(downstream_settings datarc)"  # s3prl overrides that decide the result
 # the checkpoint, read by our safe readers before any stage and before s3prl sees it
 [ "$stop_stage" -lt 2 ] || [ "$stage" -gt 3 ] || { require_ckpt "$ckpt"; vet_ckpt "$upstream" "$ckpt"; }
 
@@ -121,18 +130,19 @@ stage_inputs --tree "train-clean-100=$librispeech/train-clean-100" --tree "dev-c
   --tree "test-clean=$librispeech/test-clean" --file "downstream config=$config" --file "character dictionary=$dict_path"
 stage_outputs "$dir/data/len" "$dir/data/config.yaml"
 run_stage 1 "data preparation: $librispeech -> $dir/data/{len,config.yaml}" stage_prepare
-# stages 2-4 of one seed (seed_paths has run); stages 3 and 4 depend on stage 2 through its key
+# stages 2-4 of one run (run_paths has set lr and seed); stages 3 and 4 depend on stage 2 through its key
 run_seed() {
+  settings="$(downstream_settings datarc ${lr:+"config.optimizer.lr=$lr"})"  # s3prl overrides that decide the result
   stage_inputs --value "upstream=$upstream" --file "upstream checkpoint=$ckpt" \
     --file "downstream config=$dir/data/config.yaml" --value "settings=$settings" --value "seed=$seed" \
     --value "layer=${layer:-weighted sum}"
   stage_outputs "$run_dir"
-  run_stage 2 "train (seed $seed${layer:+, layer $layer}): $upstream $ckpt + $librispeech/train-clean-100 -> $run_dir" stage_train
+  run_stage 2 "train (seed $seed${lr:+, lr $lr}${layer:+, layer $layer}): $upstream $ckpt + $librispeech/train-clean-100 -> $run_dir" stage_train
   stage_outputs "$run_dir/test-clean.log" "$run_dir"/test-clean-*.ark "$run_dir/result.json"
   run_stage 3 "test: $run_dir (best on dev-clean) + test-clean -> $run_dir/test-clean.log" stage_test
   stage_outputs "$run_dir/result.json"
   run_stage 4 "score: $run_dir/test-clean.log -> $run_dir/result.json" stage_score
 }
-for_each_seed run_seed
+for_each_run run_seed
 write_manifest asr
-log "done: $dir/seed<S> for seeds $seeds (manifest: $dir/manifest.json)"
+log "done: $dir/$([ "$sweep" != true ] || echo 'lr<LR>/')seed<S> for seeds $seeds${lrs:+, lr $lrs} (manifest: $dir/manifest.json)"

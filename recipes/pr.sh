@@ -8,7 +8,9 @@
 #
 # Stages (--stage N --stop-stage M; a stage reruns when the content of its inputs changed, clearing what it
 # wrote before, and is skipped otherwise; --force true redoes it); stages 2-4 run once per downstream seed,
-# into EXPDIR/pr/seed<S>/; EXPDIR/pr/manifest.json lists the seeds of the last run (score-results: mean and sd):
+# into EXPDIR/pr/seed<S>/ (with --lrs of several rates: once per rate and seed, into EXPDIR/pr/lr<LR>/seed<S>/);
+# EXPDIR/pr/manifest.json lists the seeds of the last run (score-results: mean and sd) and, for a sweep, the
+# rate chosen on dev (lowest mean over seeds of the best dev PER) whose test PER the tables report:
 #   1 data preparation: check LibriSpeech + lexicon, resolve the config -> EXPDIR/pr/data/config.yaml
 #   2 train:            score-s3prl -m train -d ctc --seed S            -> EXPDIR/pr/seed<S>/dev-best.ckpt
 #   3 test:             score-s3prl -m evaluate -t test                 -> EXPDIR/pr/seed<S>/test.log
@@ -28,6 +30,9 @@
 #   --jobs N              seeds run at the same time, each with its share of the cores [1]
 #   --layer N             train on hidden state N only (0 = CNN output); empty = SUPERB's weighted sum of all []
 #   --lr LR               Adam learning rate; s3prl's default is 1e-2, the SCORE authors use 5e-4 [5e-4]
+#   --lrs "LR1 LR2"       learning rates to sweep (SUPERB chooses each downstream's on dev), over --lr; one
+#                         value behaves as --lr []
+#   --run-lr LR           of --lrs, run only LR (one job per rate under SLURM; stage 4 with all rates chooses) []
 #   --max-steps N         training updates (also sets eval/save steps to N); empty = config's 100k []
 #   --batch-size N        utterances per batch; empty = config's 16 []
 #   --num-workers N       DataLoader worker processes [2]
@@ -55,16 +60,19 @@ seeds=1337         # downstream seeds, one run each (s3prl's default seed is 133
 jobs=1             # seeds trained at the same time
 layer=             # one hidden state (s3prl -l); empty = weighted sum of all (SUPERB)
 lr=5.0e-4          # Adam learning rate (SCORE authors)
+lrs=               # learning rates to sweep, chosen on dev; empty = --lr alone
+run_lr=            # of --lrs, run only this rate
 max_steps=         # training updates; empty = the config's
 batch_size=        # batch size; empty = the config's
 num_workers=2      # DataLoader worker processes
 overrides=         # s3prl overrides collected from -o
 force=false        # rerun finished stages
-OPTIONS="stage stop_stage upstream ckpt librispeech lexicon expdir config device seeds jobs layer lr max_steps batch_size num_workers force"
+OPTIONS="stage stop_stage upstream ckpt librispeech lexicon expdir config device seeds jobs layer lr lrs run_lr max_steps batch_size num_workers force"
 LIST_OPTIONS="lexicon"
 parse_options "$@"
 [ ${#ARGS[@]} -eq 0 ] || die "unexpected argument: ${ARGS[0]} (see --help)"
 check_seeds
+check_lrs
 check_count max_steps batch_size num_workers jobs
 
 recipe_paths pr
@@ -84,7 +92,6 @@ else
 fi
 for i in "${!lexicons[@]}"; do lexicons[i]="$(abspath "${lexicons[i]}")"; done
 [ -n "$config" ] || config="$("$py" -c 'from score_upstream.s3prl.superb import asset_path; print(asset_path("pr/config.yaml"))')"
-settings="$(downstream_settings corpus "config.optimizer.lr=$lr")"  # s3prl overrides that decide the result
 # the checkpoint, read by our safe readers before any stage and before s3prl sees it
 [ "$stop_stage" -lt 2 ] || [ "$stage" -gt 3 ] || { require_ckpt "$ckpt"; vet_ckpt "$upstream" "$ckpt"; }
 lexicon_hint="get librispeech-lexicon.txt from OpenSLR 11 (https://www.openslr.org/11/) plus optional g2p lexicons (librispeech-lexicon-200k-g2p.txt, librispeech-lexicon-allothers-g2p.txt) and pass them with --lexicon"
@@ -126,18 +133,19 @@ stage_inputs --tree "train-clean-100=$librispeech/train-clean-100" --tree "dev-c
   --tree "test-clean=$librispeech/test-clean" --file "base config=$config" ${lexicon_inputs[@]+"${lexicon_inputs[@]}"}
 stage_outputs "$dir/data"
 run_stage 1 "data preparation: $librispeech + [${lexicons[*]}] -> $dir/data/config.yaml" stage_prepare
-# stages 2-4 of one seed (seed_paths has run); stages 3 and 4 depend on stage 2 through its key
+# stages 2-4 of one run (run_paths has set lr and seed); stages 3 and 4 depend on stage 2 through its key
 run_seed() {
+  settings="$(downstream_settings corpus "config.optimizer.lr=$lr")"  # s3prl overrides that decide the result
   stage_inputs --value "upstream=$upstream" --file "upstream checkpoint=$ckpt" \
     --file "downstream config=$dir/data/config.yaml" --value "settings=$settings" --value "seed=$seed" \
     --value "layer=${layer:-weighted sum}"
   stage_outputs "$run_dir"
-  run_stage 2 "train (seed $seed${layer:+, layer $layer}): $upstream $ckpt + train-clean-100 -> $run_dir" stage_train
+  run_stage 2 "train (seed $seed, lr $lr${layer:+, layer $layer}): $upstream $ckpt + train-clean-100 -> $run_dir" stage_train
   stage_outputs "$run_dir/test.log" "$run_dir/test-hyp.ark" "$run_dir/test-ref.ark" "$run_dir/result.json"
   run_stage 3 "test: $run_dir/dev-best.ckpt + test-clean -> $run_dir/test.log" stage_test
   stage_outputs "$run_dir/result.json"
   run_stage 4 "score: $run_dir/test.log -> $run_dir/result.json" stage_score
 }
-for_each_seed run_seed
+for_each_run run_seed
 write_manifest pr
-log "done: $dir/seed<S> for seeds $seeds (manifest: $dir/manifest.json)"
+log "done: $dir/$([ "$sweep" != true ] || echo 'lr<LR>/')seed<S> for seeds $seeds${lrs:+, lr $lrs} (manifest: $dir/manifest.json)"

@@ -1,10 +1,10 @@
-"""What a recipe stage's result depends on, by content: stage keys, ``.done`` markers and run manifests.
+"""What a recipe stage's result depends on, by content: stage keys and ``.done`` markers.
 
 The recipes (``recipes/lib/common.sh``) call it once per stage::
 
     python -m score_upstream.stages check --dir EXP/pr/seed0 --parent EXP/pr --stage 2 --what "train (seed 0)" \\
         --value upstream=hubert_local --file "upstream checkpoint=/models/a.pt" --value seed=0 --clean EXP/pr/seed0
-    python -m score_upstream.stages manifest --dir EXP/pr --task pr --seeds "0 1 2" --last-stage 4
+    python -m score_upstream.stages manifest --dir EXP/pr --task pr --seeds "0 1 2" [--lrs "1e-4 1e-3"] --last-stage 4
     python -m score_upstream.stages hash /models/a.pt          # SHA-256 of a file (cached)
 
 A stage's key is the SHA-256 of its inputs: ``--value`` text (settings), ``--file`` content (a checkpoint, a
@@ -38,7 +38,6 @@ from score_upstream.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 _CACHE_ENTRIES = 1000  # files remembered by the hash cache (one entry per path), least recently hashed out first
 
 
@@ -273,63 +272,6 @@ def check(directory: Path, stage: int, what: str, inputs: dict[str, str], clean:
     return action, why
 
 
-# ---------------------------------------------------------------- manifests (which seed folders a run wrote)
-
-
-def write_manifest(task_dir: Path, task: str, seeds: list[int], last_stage: int) -> dict:
-    """``TASK_DIR/manifest.json``: the seeds of this run, each with its last stage's key, and the settings of the
-    first seed's stage 2 (all but the seed; the same for every seed of one run)."""
-    keys, settings = {}, {}
-    for s in seeds:
-        marker = read_marker(task_dir / f"seed{s}" / f".stage{last_stage}.done")
-        if not marker or not marker.get("key"):
-            raise StageError(f"{task_dir / f'seed{s}'}: no stage-{last_stage} marker; the run of seed {s} did not finish")
-        keys[str(s)] = marker["key"]
-        if not settings:
-            train = read_marker(task_dir / f"seed{s}" / ".stage2.done") or {}
-            settings = {k: v for k, v in (train.get("inputs") or {}).items() if k != "seed"}
-    data = {"task": task, "seeds": seeds, "last_stage": last_stage, "keys": keys, "settings": settings}
-    atomic_write_bytes((json.dumps(data, indent=2) + "\n").encode(), task_dir / MANIFEST)
-    return data
-
-
-def manifest_seeds(task_dir: str | os.PathLike) -> list[int] | None:
-    """Seeds of the last run in ``task_dir`` (its ``manifest.json``), or None when there is no manifest.
-
-    Seed folders the manifest does not list, and listed seeds whose folder was redone since (its marker holds
-    another key), are named in one warning each and left out.
-    """
-    task_dir = Path(task_dir)
-    path = task_dir / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        seeds = [int(s) for s in data["seeds"]]
-        keys, last = data.get("keys", {}), int(data.get("last_stage", 4))
-    except (ValueError, KeyError, TypeError) as e:
-        logger.warning("%s: unreadable (%s: %s); reading every seed folder", path, type(e).__name__, e)
-        return None
-    on_disk = sorted(int(p.name[4:]) for p in task_dir.glob("seed*") if p.is_dir() and p.name[4:].isdigit())
-    strays = [s for s in on_disk if s not in seeds]
-    if strays:
-        logger.warning("%s: seed folders %s are not from the last run (manifest.json lists seeds %s); left out",
-                       task_dir, ", ".join(f"seed{s}" for s in strays), " ".join(map(str, seeds)))
-    # the stages all seeds share (data preparation), as they are now
-    shared = {k: v for k, v in earlier_keys(task_dir, None, last).items() if v != "missing"}
-    kept = []
-    for s in seeds:
-        marker = read_marker(task_dir / f"seed{s}" / f".stage{last}.done") or {}
-        made_from = marker.get("inputs") or {}
-        if str(s) in keys and marker.get("key") != keys[str(s)]:
-            logger.warning("%s: seed%d was redone or removed after manifest.json was written; left out", task_dir, s)
-        elif any(k in made_from and made_from[k] != v for k, v in shared.items()):
-            logger.warning("%s: seed%d was made before the data preparation was redone; left out", task_dir, s)
-        else:
-            kept.append(s)
-    return kept
-
-
 # ---------------------------------------------------------------- command line
 
 
@@ -364,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--task", required=True)
     m.add_argument("--seeds", required=True, help='"0 1 2"')
     m.add_argument("--last-stage", type=int, default=4)
+    m.add_argument("--lrs", default="", help='learning rates of the run ("1e-4 1e-3": a sweep, chosen on dev)')
     h = sub.add_parser("hash")
     h.add_argument("paths", nargs="+")
     args = parser.parse_args(argv)
@@ -373,7 +316,10 @@ def main(argv: list[str] | None = None) -> int:
             for p in args.paths:
                 print(f"{path_digest(p)[7:]}  {p}")
         elif args.cmd == "manifest":
-            write_manifest(Path(args.dir), args.task, [int(s) for s in args.seeds.split()], args.last_stage)
+            from score_upstream.runs import write_manifest  # it imports this module
+
+            write_manifest(Path(args.dir), args.task, [int(s) for s in args.seeds.split()], args.last_stage,
+                           args.lrs.split())
         else:
             inputs = {**_pairs(args.value, "value"), **_pairs(args.file, "file"), **_pairs(args.tree, "tree")}
             if args.cmd == "key":

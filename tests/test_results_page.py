@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from score_upstream import stages
+from score_upstream import runs
 from score_upstream.qbe import twv
 from score_upstream.qbe.twv import read_ground_truth
 from score_upstream.s3prl.superb.qbe import protocol
@@ -56,7 +56,7 @@ def demo_folders(root: Path, n_queries: int = 30, seed: int = 0) -> tuple[list[P
             (d / "pr" / f"seed{s}").mkdir(parents=True)
             (d / "pr" / f"seed{s}" / "test.log").write_text(f"test loss: 1.1\ntest per: {per}\n")
             (d / "pr" / f"seed{s}" / ".stage4.done").write_text(json.dumps({"key": f"k{s}", "inputs": {}}))
-        stages.write_manifest(d / "pr", "pr", sorted(pers), 4)
+        runs.write_manifest(d / "pr", "pr", sorted(pers), 4)
         for layer, lift in zip((2, 6), LIFT[name]):
             scores = common + lift * targets + 0.4 * rng.normal(size=targets.shape)
             trials = {(q, doc): (float(scores[i, j]), False) for i, q in enumerate(queries) for j, doc in enumerate(docs)}
@@ -204,7 +204,7 @@ def test_page_head_and_figure_file(demo):
 def test_one_seed_and_no_ground_truth_say_why(tmp_path):
     dirs, _ = demo_folders(tmp_path / "exp")
     for d in dirs[1:]:  # SCORE, LASER, SPIN: only seed 0 survives
-        stages.write_manifest(d / "pr", "pr", [0], 4)
+        runs.write_manifest(d / "pr", "pr", [0], 4)
     rows = [results.read_experiment(d) for d in dirs]
     found = table.comparisons(rows, None)
     assert found["SCORE"]["vanilla"].diffs == {"per": paired.FEW_SEEDS, "mtwv": paired.NO_GROUNDTRUTH,

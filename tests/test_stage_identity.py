@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from score_upstream import stages
+from score_upstream import runs, stages
 from tests.test_recipes import RECIPES, _run
 
 
@@ -137,7 +137,7 @@ def test_readers_take_the_manifest_seeds_and_warn_about_strays(tmp_path, caplog,
             caplog.clear()
             assert read_experiment(tmp_path / name).runs["per"] == pytest.approx({0: 100 * pers[0], 1: 100 * pers[1], 2: 100 * pers[2]})
         assert "no manifest.json" in caplog.text and "seed0, seed1, seed2" in caplog.text  # old folders: all seeds
-        stages.write_manifest(task, "pr", [0, 1], 4)  # the last run had seeds 0 and 1; seed2 is an older run's
+        runs.write_manifest(task, "pr", [0, 1], 4)  # the last run had seeds 0 and 1; seed2 is an older run's
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         row = read_experiment(tmp_path / "new")

@@ -157,7 +157,7 @@ stage_outputs() { STAGE_OUTPUTS=("$@"); }
 # removes the outputs (stage_outputs) when the key changed, saying why in one log line, and records the key in
 # .stageN.inprogress; that file becomes .stageN.done when FUNCTION succeeds. An interrupted run with the same
 # key resumes (STAGE_ACTION=resume; train_downstream passes s3prl's -a only then). DESCRIPTION is for people
-# (kept in the marker), never part of the key. A per-seed run (seed_paths) finds the markers of the stages
+# (kept in the marker), never part of the key. A per-seed run (run_paths) finds the markers of the stages
 # its seeds share (data preparation) in STAGE_PARENT.
 run_stage() {
   local n="$1" what="$2" fn="$3"; shift 3
@@ -182,11 +182,18 @@ run_stage() {
   mv -f "$STAGE_DIR/.stage$n.inprogress" "$marker"
 }
 
-# write_manifest TASK: records in $dir/manifest.json the seeds this run wrote (each with its key) and their
-# settings, once the last stage (4) ran; score-results and report.paired read exactly these seed folders.
+# write_manifest TASK: records in $dir/manifest.json the runs this run wrote (each with its key) and their
+# settings, once the last stage (4) ran; score-results and report.paired read exactly these seed folders. With
+# several learning rates (--lrs) it chooses the rate on dev (lowest mean over seeds of each run's best dev value;
+# score_upstream/runs.py) and lists that rate's runs. Not written by a run of one rate of a sweep (--run-lr).
 write_manifest() {
   [ "$stop_stage" -ge 4 ] && [ "$stage" -le 4 ] || return 0
-  "$(score_python)" -m score_upstream.stages manifest --dir "$dir" --task "$1" --seeds "$seeds" --last-stage 4 || exit 2
+  if [ -n "${run_lr:-}" ] && [ "$sweep" = true ]; then
+    log "manifest not written: --run-lr $run_lr ran one rate of the sweep; run stage 4 with every rate to choose"
+    return 0
+  fi
+  "$(score_python)" -m score_upstream.stages manifest --dir "$dir" --task "$1" --seeds "$seeds" --lrs "${lrs:-}" \
+    --last-stage 4 || exit 2
 }
 
 # stage_done N: true when stage N of this experiment (or, for a per-seed run, of the stages its seeds
@@ -215,12 +222,29 @@ check_count() {
   done
 }
 
-# seed_paths SEED: the downstream run of one seed: seed=SEED and run_dir=$dir/seedSEED, which holds the
-# run's checkpoints, logs, result.json and the markers of its stages (STAGE_DIR); the stages all seeds
-# share keep theirs in $dir (STAGE_PARENT).
-seed_paths() {
-  seed="$1"
-  run_dir="$dir/seed$1"
+# check_lrs: the learning rates of this run, from --lrs or else --lr (empty: the config's): each a positive
+# number, none twice; sweep=true when there are two or more (runs in $dir/lr<LR>/seed<S>, the rate chosen on dev
+# by write_manifest), false otherwise (runs in $dir/seed<S>, as without --lrs). --run-lr LR runs only that rate
+# of the sweep (one SLURM job per rate), in the sweep's folders.
+check_lrs() {
+  local x seen=" " n=0
+  [ -n "${lrs// /}" ] || lrs="$lr"
+  for x in $lrs; do
+    [[ "$x" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ ]] && [[ ! "$x" =~ ^[0.]+([eE].*)?$ ]] \
+      || die "--lrs must be positive numbers separated by spaces (\"1e-4 5e-4 1e-3\"), got '$lrs'"
+    [[ "$seen" != *" $x "* ]] || die "--lrs lists $x twice: '$lrs'"
+    seen+="$x "; n=$(( n + 1 ))
+  done
+  sweep=false; [ "$n" -lt 2 ] || sweep=true
+  [ -z "${run_lr:-}" ] || [[ "$seen" == *" $run_lr "* ]] || die "--run-lr $run_lr is not one of --lrs '$lrs'"
+}
+
+# run_paths LR SEED: the downstream run of one (learning rate, seed): lr=LR, seed=SEED and run_dir=$dir/seedSEED
+# ($dir/lrLR/seedSEED in a sweep), which holds the run's checkpoints, logs, result.json and the markers of its
+# stages (STAGE_DIR); the stages all runs share keep theirs in $dir (STAGE_PARENT).
+run_paths() {
+  lr="$1"; seed="$2"
+  if [ "$sweep" = true ]; then run_dir="$dir/lr$1/seed$2"; else run_dir="$dir/seed$2"; fi
   STAGE_DIR="$run_dir"
   STAGE_PARENT="$dir"
 }
@@ -258,18 +282,32 @@ run_parallel() {
   [ -z "$failed" ] || die "runs failed; see$failed"
 }
 
-# for_each_seed FN: runs FN once per downstream seed in $seeds (after seed_paths SEED), $jobs of them at a
-# time (default 1; run_parallel, outputs in $dir/seed<S>.out when jobs > 1).
-for_each_seed() {
-  local fn="$1" s
-  if [ "${jobs:-1}" = 1 ]; then
-    for s in $seeds; do seed_paths "$s"; "$fn"; done
-    return 0
-  fi
-  _SEED_FN="$fn"  # a global: run_parallel's own locals would shadow a local of this function
-  _seed_run() { seed_paths "$1"; "$_SEED_FN"; }
-  # shellcheck disable=SC2086
-  run_parallel "$jobs" "$dir" seed _seed_run $seeds
+# for_each_run FN: runs FN once per downstream run (after run_paths LR SEED): every seed in $seeds of every rate
+# in $lrs (--run-lr: that one), $jobs of them at a time (default 1; run_parallel, outputs in $dir/seed<S>.out,
+# or $dir/lr<LR>.seed<S>.out in a sweep, when jobs > 1).
+for_each_run() {
+  local fn="$1" s r items=() label=seed
+  local rates="${run_lr:-$lrs}"
+  [ -n "${rates// /}" ] || rates="-"  # no rate given: the config's (run_paths gets an empty lr)
+  for r in $rates; do
+    [ "$r" != - ] || r=
+    for s in $seeds; do
+      if [ "${jobs:-1}" = 1 ]; then
+        run_paths "$r" "$s"; "$fn"
+      elif [ "$sweep" = true ]; then
+        items+=("$r.seed$s"); label=lr
+      else
+        items+=("$s"); _RUN_LR="$r"
+      fi
+    done
+  done
+  [ "${jobs:-1}" != 1 ] || return 0
+  _RUN_FN="$fn"  # globals: run_parallel's own locals would shadow a local of this function
+  _one_run() {
+    if [ "$sweep" = true ]; then run_paths "${1%.seed*}" "${1##*.seed}"; else run_paths "${_RUN_LR:-}" "$1"; fi
+    "$_RUN_FN"
+  }
+  run_parallel "$jobs" "$dir" "$label" _one_run "${items[@]}"
 }
 
 # abspath PATH: prints PATH made absolute (the file need not exist).
@@ -282,7 +320,7 @@ abspath() {
 
 # recipe_paths TASK: what every SUPERB recipe derives from its options: py (the Python for
 # `python -m` calls), expdir and ckpt made absolute, and dir=EXPDIR/TASK, which also holds the stage
-# markers (STAGE_DIR) of the stages before any per-seed run (seed_paths).
+# markers (STAGE_DIR) of the stages before any per-seed run (run_paths).
 recipe_paths() {
   py="$(score_python)"
   expdir="$(abspath "$expdir")"
@@ -308,17 +346,19 @@ downstream_settings() {
 }
 
 # train_downstream DOWNSTREAM CONFIG SECTION DATA_OVERRIDES SETTINGS: score-s3prl -m train --seed $seed of
-# $upstream/$ckpt into $run_dir (seed_paths), with DATA_OVERRIDES (data paths; their identity is stage 1's
+# $upstream/$ckpt into $run_dir (run_paths), with DATA_OVERRIDES (data paths; their identity is stage 1's
 # key), --num-workers under config.downstream_expert.SECTION, then SETTINGS (downstream_settings); --layer
 # trains on one hidden state instead of SUPERB's weighted sum of all (s3prl -l). s3prl's -a (resume from the
 # newest states-*.ckpt, whose stored arguments replace ours) is passed only when run_stage found an interrupted
-# run from the same inputs. Stops when no checkpoint was written.
+# run from the same inputs; its output is then added to train.log, which keeps the dev values printed before the
+# interruption (a sweep chooses the learning rate from them). Stops when no checkpoint was written.
 train_downstream() {
   local downstream="$1" config="$2" section="$3" o="$4" settings="$5" resume=()
-  [ "${STAGE_ACTION:-run}" != resume ] || resume=(-a)
+  local append=()
+  [ "${STAGE_ACTION:-run}" != resume ] || { resume=(-a); append=(--append); }
   o="${o:+$o,,}config.downstream_expert.$section.num_workers=$num_workers${settings:+,,$settings}"
-  run_logged "$run_dir/train.log" score-s3prl -m train ${resume[@]+"${resume[@]}"} -u "$upstream" -k "$ckpt" \
-    -d "$downstream" -c "$config" -p "$run_dir" --seed "${seed:?seed_paths must run first}" --device "$device" \
+  run_logged ${append[@]+"${append[@]}"} "$run_dir/train.log" score-s3prl -m train ${resume[@]+"${resume[@]}"} \
+    -u "$upstream" -k "$ckpt" -d "$downstream" -c "$config" -p "$run_dir" --seed "${seed:?run_paths must run first}" --device "$device" \
     ${layer:+-l "$layer"} -o "$o"
   ls "$run_dir"/states-*.ckpt >/dev/null 2>&1 || die "training wrote no checkpoint in $run_dir; see $run_dir/train.log"
 }
@@ -339,13 +379,15 @@ score_python() {
   fi
 }
 
-# run_logged LOG CMD [ARGS...]: runs CMD with its output shown and saved to LOG; on failure stops
-# with one line naming the command, its exit status and the log.
+# run_logged [--append] LOG CMD [ARGS...]: runs CMD with its output shown and saved to LOG (added to its end
+# with --append); on failure stops with one line naming the command, its exit status and the log.
 run_logged() {
+  local tee_opts=()
+  [ "$1" != --append ] || { tee_opts=(-a); shift; }
   local logfile="$1"; shift
   mkdir -p "$(dirname "$logfile")"
   local rc
-  ( set +e; "$@" 2>&1; echo $? > "$logfile.rc" ) | tee "$logfile"
+  ( set +e; "$@" 2>&1; echo $? > "$logfile.rc" ) | tee ${tee_opts[@]+"${tee_opts[@]}"} "$logfile"
   rc="$(cat "$logfile.rc")"; rm -f "$logfile.rc"
   [ "$rc" -eq 0 ] || die "$1 failed (exit $rc); see $logfile (last line: $(grep -v '^\s*$' "$logfile" | tail -n 1 | cut -c1-200))"
 }

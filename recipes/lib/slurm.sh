@@ -15,8 +15,8 @@
 #   MODEL.qbe             QbE stages 1-4                                             block `qbe`
 #   gather                score-results over every model, after every collect/qbe    block `gather`
 # chained with --dependency=afterok (a job whose dependency failed is cancelled: --kill-on-invalid-dep).
-# A sweep over one more dimension (e.g. learning rates) adds it to the seed jobs' names and arguments
-# (MODEL.TASK.lrX.seedS) and lets `collect` choose among them.
+# A learning-rate sweep (--lrs of two or more rates) makes one job per rate and seed, MODEL.TASK.lrR.seedS
+# (the recipe's --run-lr R --seeds S), and `collect` (stage 4 of every run) chooses the rate on dev.
 # score_upstream.launch.slurm writes the sbatch scripts into EXPROOT/slurm/scripts/, the logs go to
 # EXPROOT/slurm/logs/NAME.JOBID.out and EXPROOT/slurm/jobs.json lists the submission.
 
@@ -86,21 +86,28 @@ launch_task() {
     "$recipe" "$@"
     return
   fi
-  local expdir model seeds s after=() done=()
+  local expdir model seeds lrs r s after=() done=()
   expdir="$(_launch_arg expdir "$@")"; model="$(basename "$expdir")"
   case "$task" in
     asr|pr)
       seeds="$(_launch_arg seeds "$@")"
       # empty = the recipe's own default (its `seeds=` line)
       [ -n "$seeds" ] || seeds="$(sed -n 's/^seeds=\([0-9 ]*[0-9]\).*/\1/p' "$recipe" | head -n 1)"
+      lrs="$(_launch_arg lrs "$@")"
       _launch_submit "$model.$task.prep" prep --done "$expdir/$task/.stage1.done" \
         -- "$recipe" "$@" --stage 1 --stop-stage 1
-      for s in $seeds; do
-        _launch_submit "$model.$task.seed$s" "$task" --after "$model.$task.prep" \
-          --done "$expdir/$task/seed$s/.stage2.done" --done "$expdir/$task/seed$s/.stage3.done" \
-          -- "$recipe" "$@" --seeds "$s" --jobs 1 --stage 2 --stop-stage 3
-        after+=(--after "$model.$task.seed$s")
-        done+=(--done "$expdir/$task/seed$s/.stage4.done")
+      [ "$(wc -w <<< "$lrs")" -ge 2 ] || lrs=-  # one rate (or the recipe's): no sweep folders
+      for r in $lrs; do
+        # a sweep: one job per (rate, seed), in EXPDIR/TASK/lr<R>/seed<S>; the recipe's stage 4 chooses on dev
+        local name="$model.$task" sub="$expdir/$task" only=()
+        [ "$r" = - ] || { name+=".lr$r"; sub+="/lr$r"; only=(--run-lr "$r"); }
+        for s in $seeds; do
+          _launch_submit "$name.seed$s" "$task" --after "$model.$task.prep" \
+            --done "$sub/seed$s/.stage2.done" --done "$sub/seed$s/.stage3.done" \
+            -- "$recipe" "$@" ${only[@]+"${only[@]}"} --seeds "$s" --jobs 1 --stage 2 --stop-stage 3
+          after+=(--after "$name.seed$s")
+          done+=(--done "$sub/seed$s/.stage4.done")
+        done
       done
       _launch_submit "$model.$task.collect" collect "${after[@]}" "${done[@]}" --done "$expdir/$task/manifest.json" \
         -- "$recipe" "$@" --seeds "$seeds" --jobs 1 --stage 4 --stop-stage 4

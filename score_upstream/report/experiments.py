@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from score_upstream.stages import MANIFEST, manifest_seeds
+from score_upstream.runs import MANIFEST, chosen_lr, manifest_runs
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +130,7 @@ class ModelResult:
     upstream: str | None = None
     ckpt: str | None = None
     ckpt_sha256: str | None = None
+    lrs: dict[str, dict] = field(default_factory=dict)  # metric -> learning-rate sweep chosen on dev (runs.chosen_lr)
 
 
 class Training(NamedTuple):
@@ -251,16 +252,17 @@ def read_qbe_result(path: Path) -> dict | None:
 def read_runs(task_dir: Path, log_name: str, key: str) -> dict[int | None, tuple[float, Path]]:
     """Test metric of each downstream seed: ``task_dir/seed<S>/log_name`` -> {S: (value, run folder)}.
 
-    The seeds are those of the last run, as ``task_dir/manifest.json`` lists them (``score_upstream.stages``;
-    seed folders of other runs beside them are named in a warning and left out). Without a manifest (a folder
+    The seeds are those of the last run, as ``task_dir/manifest.json`` lists them (``score_upstream.runs``; for a
+    learning-rate sweep, the runs of the rate chosen on dev; seed folders of other runs beside them are named in a
+    warning and left out). Without a manifest (a folder
     from before manifests) every seed folder counts, with a warning; without seed folders, ``task_dir/log_name``
     (a run from before per-seed runs) is one run, seed None. A seed folder whose log holds no test line (an
     unfinished run) is left out with a warning.
     """
     runs: dict[int | None, tuple[float, Path]] = {}
-    listed = manifest_seeds(task_dir)
+    listed = manifest_runs(task_dir)
     if listed is not None:
-        seeded = [(s, task_dir / f"seed{s}") for s in sorted(listed)]
+        seeded = sorted(listed.items())
     else:
         seeded = sorted((int(m.group(1)), p) for p in (task_dir.iterdir() if task_dir.is_dir() else [])
                         if p.is_dir() and (m := _SEED_DIR.match(p.name)))
@@ -334,11 +336,15 @@ def read_experiment(expdir: str | Path) -> ModelResult:
         _cross_check(row, "wer", wer, error_rate_from_arks(run / "test-clean-noLM-hyp.ark", run / "test-clean-noLM-ref.ark"))
         wers[seed] = wer
     _set_runs(row, "wer", wers)
+    if wers and (sweep := chosen_lr(expdir / "asr")):
+        row.lrs["wer"] = sweep
     pers = {}
     for seed, (per, run) in read_runs(expdir / "pr", "test.log", "per").items():
         pers[seed] = 100.0 * per  # ctc's per is a fraction; the table is in %
         _cross_check(row, "per", pers[seed], error_rate_from_arks(run / "test-hyp.ark", run / "test-ref.ark", whitespace_split=False))
     _set_runs(row, "per", pers)
+    if pers and (sweep := chosen_lr(expdir / "pr")):
+        row.lrs["per"] = sweep
     qbe = read_qbe_result(expdir / "qbe" / "qbe_result.json")
     if qbe:
         row.mtwv, row.qbe_layer = qbe["eval_mtwv"], qbe["layer"]

@@ -97,13 +97,18 @@ def provenance_block(title: str, header: Iterable[str]) -> list[str]:
 
 
 def value_cell(rec: dict, metric: str, digits: int | None = None) -> str:
-    """``38.00 ± 0.50 (n=3)`` for WER/PER over several seeds, ``0.2500 [0.2100, 0.2900]`` for an MTWV with
+    """``38.00 ± 0.50 (n=3)`` for WER/PER over several seeds (``(n=3, lr 1e-3)`` with the learning rate a sweep
+    chose on dev), ``0.2500 [0.2100, 0.2900]`` for an MTWV with
     its bootstrap interval, the bare value otherwise (``digits``: 2 for WER/PER, 4 for MTWV by default)."""
     value = rec[metric]
     if metric in ("wer", "per"):
         sd = rec[f"{metric}_sd"]
         d = 2 if digits is None else digits
-        return _cell(value, d) + (f" ± {sd:.{d}f} (n={rec[f'{metric}_n']})" if isinstance(sd, float) else "")
+        lr = rec.get(f"{metric}_lr", NA)
+        lr = "" if lr == NA else f"lr {lr}"  # the learning rate chosen on dev by a sweep
+        if isinstance(sd, float):
+            return _cell(value, d) + f" ± {sd:.{d}f} (n={rec[f'{metric}_n']}{', ' + lr if lr else ''})"
+        return _cell(value, d) + (f" ({lr})" if lr else "")
     d = 4 if digits is None else digits
     low, high = rec[f"{metric}_low"], rec[f"{metric}_high"]
     return _cell(value, d) + (f" [{low:.{d}f}, {high:.{d}f}]" if isinstance(low, float) else "")
@@ -256,7 +261,11 @@ def markdown(table: list[dict], header: list[str], title: str, banner: str = "",
         out += [""] + ([f"QbE protocol / scope: {', '.join(scopes)}.", ""] if scopes else []) + [f"- {n}" for n in notes]
         out += [""] if notes else []
     rates = error_rates(shown)
+    swept = any(r.get(f"{m}_lr", NA) != NA for r in table for m in ("wer", "per"))
     out += [(f"{rates}: mean ± sample sd over downstream seeds (n = seeds); " if rates else "")
+            + ("lr X: the downstream learning rate chosen on dev from a sweep (lowest mean over seeds of the best "
+               "dev value; every rate's mean in superb.csv's wer_lr_dev / per_lr_dev), the test value is that "
+               "rate's. " if swept else "")
             + ("MTWV [low, high]: 95% bootstrap interval over queries. " if "mtwv" in shown or LAST in shown else "")
             + "Relative improvement, on the means: "
             + (f"(base - new) / base for {rates}, " if rates else "") + "(new - base) / base for MTWV; positive = "

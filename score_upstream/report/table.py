@@ -83,7 +83,8 @@ def build_table(rows: list[ModelResult]) -> list[dict]:
     """Plain records, one per row, grouped by family: metrics with their uncertainty and relative improvements
     (on the means) vs HuBERT, WavLM and the SPIN row of its own family, of its own source.
 
-    Columns: ``wer``, ``wer_sd``, ``wer_n``, ``per``, ``per_sd``, ``per_n`` (mean, sd over seeds, seed count),
+    Columns: ``wer``, ``wer_sd``, ``wer_n``, ``wer_lr``, ``wer_lr_dev``, then the same for ``per`` (mean, sd over
+    seeds, seed count; with a learning-rate sweep the rate chosen on dev and each rate's mean dev value in %),
     ``mtwv``, ``mtwv_low``, ``mtwv_high``, ``qbe_layer``, ``mtwv_last``, ``mtwv_last_low``, ``mtwv_last_high``,
     ``qbe_last_layer`` (bootstrap intervals over queries), ``qbe_protocol``, ``qbe_scope``, then
     ``rel_{asr,pr,qbe,qbe_last}_vs_{hubert,wavlm,spin}``, ``train_method``, ``train_speech_h`` (input audio
@@ -108,6 +109,11 @@ def build_table(rows: list[ModelResult]) -> list[dict]:
                 rec[metric] = blank(metric) if getattr(row, metric) is None else getattr(row, metric)
                 rec[f"{metric}_sd"] = row.sd.get(metric, NA)
                 rec[f"{metric}_n"] = len(row.runs[metric]) if metric in row.runs else NA
+                sweep = row.lrs.get(metric)
+                # a learning-rate sweep: the rate chosen on dev, and every rate's mean dev value (in %)
+                rec[f"{metric}_lr"] = sweep["lr"] if sweep else NA
+                rec[f"{metric}_lr_dev"] = "; ".join(f"{lr}: {100 * sweep['dev'][lr]['mean']:.2f}"
+                                                    for lr in sweep["lrs"]) if sweep else NA
             for metric, layer in (("mtwv", row.qbe_layer), (LAST, row.qbe_last_layer)):
                 rec[metric] = blank(metric) if getattr(row, metric) is None else getattr(row, metric)
                 low, high = row.intervals.get(metric, (NA, NA))
