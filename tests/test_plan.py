@@ -67,7 +67,7 @@ def test_plan_numbers_match_a_hand_computation(corpus_127):
 
 
 def test_score_draws_about_a_third_of_spins_input_speech(corpus_127, capsys):
-    root, _ = corpus_127
+    root, samples = corpus_127
     t0 = time.perf_counter()
     assert T.main([str(RECIPES / "score" / "hubert_base.yaml"), "--data", str(root), "--plan"]) == 0
     score_out = capsys.readouterr().out
@@ -75,10 +75,13 @@ def test_score_draws_about_a_third_of_spins_input_speech(corpus_127, capsys):
     spin_out = capsys.readouterr().out
     assert time.perf_counter() - t0 < 30  # no model is built or loaded (model.init stays empty)
     assert "3600 (optim.total_steps), 8 utterances" in score_out and "input speech:  101.60 h" in score_out
-    assert "5000 (optim.total_steps), 20 utterances" in spin_out and "~254.0 s of audio per update" in spin_out
+    assert "5000 (optim.total_steps), packed to 256 s" in spin_out and "5000 x 256 s = 355.56 h nominal" in spin_out
     score, spin = _plan("score/hubert_base.yaml", root), _plan("spin/hubert_base.yaml", root)
-    # SPIN: 5,000 updates x 20 utterances x 12.7 s = 352.8 h (SPIN's own 256 s per update: 355.6 h)
-    assert spin["input_speech_hours"] == pytest.approx(5000 * 20 * 12.7 / 3600, rel=1e-4)
+    # SPIN's batching: the longest utterances, cropped to 17 s, packed up to 256 s; here one pack per epoch
+    # (the rest, an incomplete pack, is left out), 5,000 times
+    cropped = sorted((min(n, 17 * SR) for n in samples), reverse=True)
+    pack = max(k for k in range(len(cropped) + 1) if sum(cropped[:k]) <= 256 * SR)
+    assert spin["input_speech_hours"] == pytest.approx(5000 * sum(cropped[:pack]) / SR / 3600, rel=1e-12)
     assert 0.25 <= score["input_speech_hours"] / spin["input_speech_hours"] <= 0.32
     # views through the trainable model: SPIN both (~706 h), SCORE the student's: about a seventh
     assert spin["view_speech_hours"] == pytest.approx(2 * spin["input_speech_hours"])

@@ -307,6 +307,7 @@ def test_score_train_base_recipe_on_a_tiny_model(recipe, tiny_corpus, tiny_huber
         init = tiny_hubert_ckpt
     small = ["optim.total_steps=1", "optim.warmup_steps=0", "data.utterances_per_update=2", "progress=false", "device=cpu"]
     small += [] if recipe.startswith("spin/") else ["perturb.pitch_method=fast"]  # SPIN's views are Praat's
+    small += ["data.pack_seconds=6", "data.crop_seconds=3"] if recipe.startswith("spin/") else []  # 256 s > the corpus
     out = tmp_path / "out"
     argv = [BIN / "score-train", RECIPES / recipe, "--data", tiny_corpus, "--out", out, f"model.init={init}", *small]
     proc = _run(argv, timeout=600)

@@ -64,6 +64,11 @@ class DataConfig:
     utterances_per_update: int = 8  # global count over all processes (paper: 1 x accumulation 8)
     batch_seconds: float = 200.0  # max padded audio seconds in one micro-batch (both views counted once)
     bucket_window: int = 0  # updates per length-sorting window; 0 = random composition (paper)
+    # SPIN's batching (training.packing, method spin): length-sorted utterances packed up to this many
+    # seconds per update (SPIN: 256); null: utterances_per_update whole utterances
+    pack_seconds: Optional[float] = None
+    min_seconds: float = 0.0  # with pack_seconds: shorter utterances are left out (SPIN: 2.5)
+    crop_seconds: Optional[float] = None  # with pack_seconds: longer ones are cropped at random (SPIN: 17)
     num_workers: int = 0  # DataLoader worker processes
     sample_rate: int = 16000
     # stop the run when more than this fraction of the manifest could not be loaded, perturbed or encoded
@@ -150,7 +155,8 @@ _SPEAKER = ("perturb.formant_ratio_max", "perturb.f0_ratio_max", "perturb.f0_ran
 METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "score": (*_SDTW_VIEWS, "loss.normalize", "model.target_dropout"),
     "laser": (*_SDTW_VIEWS, "loss.normalize", "loss.idm_weight", "loss.idm_sigma", "loss.idm_margin"),
-    "spin": (*_SPEAKER, "loss.codebook_size", "loss.sinkhorn_eps", "loss.sinkhorn_iters", "loss.temperature"),
+    "spin": (*_SPEAKER, "loss.codebook_size", "loss.sinkhorn_eps", "loss.sinkhorn_iters", "loss.temperature",
+             "data.pack_seconds", "data.min_seconds", "data.crop_seconds"),
 }
 _OWNED = {k for keys in METHOD_KEYS.values() for k in keys}
 # Defaults that differ by method, used where the YAML and the command line leave the key unset (the
@@ -324,6 +330,11 @@ def validate(cfg: TrainConfig, need_model: bool = True) -> None:
     need(d.max_seconds is None or d.max_seconds > 0, "data.max_seconds", d.max_seconds, "expected > 0 or null")
     need(len(d.subsets) > 0, "data.subsets", d.subsets, "expected at least one subset")
     need(d.bucket_window >= 0, "data.bucket_window", d.bucket_window, "expected >= 0")
+    need(d.pack_seconds is None or d.pack_seconds > 0, "data.pack_seconds", d.pack_seconds, "expected > 0 or null")
+    need(d.min_seconds >= 0 and (d.pack_seconds is not None or d.min_seconds == 0), "data.min_seconds", d.min_seconds,
+         "expected >= 0, and 0 unless data.pack_seconds is set")
+    need(d.crop_seconds is None or (d.pack_seconds is not None and 0 < d.crop_seconds <= d.pack_seconds),
+         "data.crop_seconds", d.crop_seconds, "expected null, or 0 < crop_seconds <= data.pack_seconds (which must be set)")
     need(d.num_workers >= 0, "data.num_workers", d.num_workers, "expected >= 0")
     need(0 <= d.max_failed_fraction <= 1, "data.max_failed_fraction", d.max_failed_fraction, "expected a fraction in [0, 1]")
     need(len(p.speeds) > 0 and all(s > 0 for s in p.speeds), "perturb.speeds", p.speeds, "expected positive factors")

@@ -10,6 +10,10 @@ audio. The perturbed view of utterance ``i`` in epoch ``e`` is drawn from a gene
 ``(seed, e, i)``, so results do not depend on the number of data-loader workers or processes.
 Resuming needs only the number of updates drawn so far.
 
+SPIN's batching (``data.pack_seconds``, :mod:`score_upstream.training.packing`) replaces the fixed count
+of whole utterances: length-sorted utterances packed up to a total of audio seconds per update, short
+ones left out, long ones cropped at random (:class:`PairDataset` ``crop_samples``).
+
 A manifest line is ``(path, num_samples)``, read from file headers::
 
     Utterance(path='.../train-clean-100/103/1240/103-1240-0000.flac', num_samples=225360)
@@ -319,6 +323,9 @@ def cut_micro_batches(students: list[torch.Tensor], targets: list[torch.Tensor],
 class PairDataset(torch.utils.data.Dataset):
     """Item ``(index, epoch)`` -> ``{index, student, target, seconds}`` or ``{index, error}``.
 
+    ``crop_samples``: a longer utterance is cropped to this length at random before its views are made
+    (:meth:`crop`; SPIN's ``random_crop_len``); ``seconds`` counts the cropped audio.
+
     Args:
         utts: the manifest.
         perturb: a ``ScorePerturbation`` (``perturb(wav (T,), generator)`` -> a view with ``.wav`` and
@@ -330,14 +337,24 @@ class PairDataset(torch.utils.data.Dataset):
     exception: the trainer reports it once and trains on.
     """
 
-    def __init__(self, utts: list[Utterance], perturb: Optional[Callable], seed: int, sample_rate: int = 16000):
+    def __init__(self, utts: list[Utterance], perturb: Optional[Callable], seed: int, sample_rate: int = 16000,
+                 crop_samples: Optional[int] = None):
         self.utts, self.perturb, self.seed, self.sample_rate = utts, perturb, seed, sample_rate
+        self.crop_samples = crop_samples
 
     def __len__(self) -> int:
         return len(self.utts)
 
     def item_generator(self, index: int, epoch: int) -> torch.Generator:
         return torch.Generator().manual_seed(mix_seed(self.seed, epoch, index, 2))
+
+    def crop(self, wav: torch.Tensor, index: int, epoch: int) -> torch.Tensor:
+        """``crop_samples`` samples from a start drawn uniformly from ``[0, T - crop_samples)`` (SPIN's
+        ``np.random.randint(0, len(wav) - crop)``), by a generator of its own: the perturbation's draws stay
+        those of an uncropped run."""
+        g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index, 3))
+        start = int(torch.randint(0, wav.numel() - self.crop_samples, (1,), generator=g))
+        return wav[start:start + self.crop_samples]
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, epoch = key
@@ -346,6 +363,8 @@ class PairDataset(torch.utils.data.Dataset):
             wav = read_mono(utt.path, self.sample_rate)
         except AudioError as e:
             return {"index": index, "error": f"{utt.path}: cannot be loaded: {str(e).removeprefix(utt.path + ': ')}"}
+        if self.crop_samples and wav.numel() > self.crop_samples:
+            wav = self.crop(wav, index, epoch)
         if self.perturb is None:
             return {"index": index, "original": wav, "seconds": wav.numel() / self.sample_rate}
         g = self.item_generator(index, epoch)

@@ -14,6 +14,8 @@ update, the corpus's mean utterance length and the speech the run will count (``
   ``exact`` is the sum over the utterances the seed draws (what the run records when no file fails and no
   update is skipped); ``at the mean`` is updates x utterances per update x mean length, the paper's way
   (SCORE 3,600 x 8 x 12.7 s = 101.6 h; SPIN 5,000 x 256 s = 355.6 h).
+  With SPIN's batching (``data.pack_seconds``, :mod:`.packing`) the exact count is over the cropped
+  utterances of each packed update and ``at the mean`` is updates x ``pack_seconds``.
 - view speech, expected: input speech times the method's views through the trainable model (SCORE the
   student's view, LASER and SPIN both views; a speed-perturbed view is ``1 / f`` as long).
 
@@ -33,6 +35,7 @@ import logging
 import os
 from typing import Any
 
+from score_upstream.training import packing
 from score_upstream.training.config import TrainConfig, load_config
 from score_upstream.training.data import UpdateSampler, load_manifest, min_utterance_samples
 from score_upstream.training.methods import get_method
@@ -81,6 +84,15 @@ def make_plan(cfg: TrainConfig, data_root: str | os.PathLike) -> dict[str, Any]:
     updates, per = cfg.optim.total_steps, d.utterances_per_update
     method = get_method(cfg)
     input_h = drawn_samples(lengths, updates, per, cfg.seed, d.bucket_window) / sr / 3600
+    packed = {}
+    if d.pack_seconds is not None:  # SPIN's batching: per-update counts vary; the nominal total is pack_seconds
+        sampler = packing.make_sampler(d, lengths, cfg.seed)
+        drawn = [packing.drawn_samples(sampler, u) for u in range(updates)]
+        input_h = sum(drawn) / sr / 3600
+        per = sum(len(sampler.group(u)) for u in range(updates)) / updates
+        packed = {"pack_seconds": d.pack_seconds, "min_seconds": d.min_seconds, "crop_seconds": d.crop_seconds,
+                  "seconds_per_update": sum(drawn) / sr / updates, "epochs": updates / sampler.updates_per_epoch(),
+                  "input_speech_hours_at_mean": updates * d.pack_seconds / 3600}
     return {
         "method": cfg.method, "seed": cfg.seed, "data": str(data_root), "subsets": list(d.subsets),
         "utterances": len(utts), "corpus_hours": sum(lengths) / sr / 3600, "mean_seconds": mean_s,
@@ -89,7 +101,7 @@ def make_plan(cfg: TrainConfig, data_root: str | os.PathLike) -> dict[str, Any]:
         "epochs": updates * per / len(utts),
         "input_speech_hours": input_h, "input_speech_hours_at_mean": updates * per * mean_s / 3600,
         "view_ratio": method.expected_view_ratio(), "view_speech_hours": input_h * method.expected_view_ratio(),
-        "view_speech": method.view_speech(),
+        "view_speech": method.view_speech(), **packed,
     }
 
 
@@ -97,6 +109,22 @@ def format_plan(plan: dict[str, Any], recipe: str = "") -> str:
     """The plan as the lines ``score-train --plan`` prints."""
     p = plan
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(p["skipped"].items())) or "none"
+    if p.get("pack_seconds") is not None:
+        crop = f", cropped to {p['crop_seconds']:g} s" if p.get("crop_seconds") else ""
+        return "\n".join([
+            f"plan: {recipe or 'config'}, method {p['method']}, seed {p['seed']}, on {p['data']} [{', '.join(p['subsets'])}]",
+            f"  corpus:        {p['utterances']} usable utterances, {p['corpus_hours']:.2f} h, mean "
+            f"{p['mean_seconds']:.2f} s (skipped: {skipped})",
+            f"  updates:       {p['updates']} (optim.total_steps), packed to {p['pack_seconds']:g} s (data.pack_seconds; "
+            f"utterances >= {p['min_seconds']:g} s{crop}): {p['utterances_per_update']:.1f} utterances, "
+            f"~{p['seconds_per_update']:.1f} s of audio per update",
+            f"  epochs:        {p['epochs']:.3f} (the last, incomplete pack of each epoch is left out)",
+            f"  input speech:  {p['input_speech_hours']:.2f} h exact for this seed ({p['updates']} x "
+            f"{p['pack_seconds']:g} s = {p['input_speech_hours_at_mean']:.2f} h nominal): original audio drawn per "
+            "update, after cropping",
+            f"  view speech:   ~{p['view_speech_hours']:.2f} h expected ({p['view_ratio']:.3f} x input; "
+            f"{p['view_speech']})",
+        ])
     return "\n".join([
         f"plan: {recipe or 'config'}, method {p['method']}, seed {p['seed']}, on {p['data']} [{', '.join(p['subsets'])}]",
         f"  corpus:        {p['utterances']} usable utterances, {p['corpus_hours']:.2f} h, mean "

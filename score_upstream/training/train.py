@@ -59,8 +59,9 @@ from score_upstream.audio import AudioError
 from score_upstream.atomic import FORMAT_VERSION_KEY, atomic_save, atomic_write_bytes, prune_checkpoints
 from score_upstream.training.config import ConfigError, TrainConfig, config_from_dict, config_to_dict, load_config
 from score_upstream.training.data import (DataError, MicroBatch, Originals, PairDataset, UpdateBatch, UpdateCollate,
-                                          UpdateSampler, cut_micro_batches, find_librispeech, load_manifest, mix_seed,
+                                          cut_micro_batches, find_librispeech, load_manifest, mix_seed,
                                           min_utterance_samples)
+from score_upstream.training.packing import crop_samples, make_sampler
 from score_upstream.training.methods import INPUT_SPEECH, get_method
 from score_upstream.training.runtime import (STATE_RE, check_out_dir, check_resume_config, clear_run, dist_env,
                                              keep_config, latest_state, run_cli, setup_device, trim_log)
@@ -269,12 +270,12 @@ class Trainer:
         min_samples = min_utterance_samples(min_input_samples(conv_layout(self.bundle.model)), cfg.perturb.speeds, sr)
         self.utts, self.skipped_manifest = load_manifest(data_root, cfg.data.subsets, sr, cfg.data.max_seconds,
                                                          min_samples)
-        self.sampler = UpdateSampler([u.num_samples for u in self.utts], cfg.data.utterances_per_update, cfg.seed,
-                                     self.rank, self.world, cfg.data.bucket_window)
-        if len(self.utts) < cfg.data.utterances_per_update:
+        if cfg.data.pack_seconds is None and len(self.utts) < cfg.data.utterances_per_update:
             raise DataError(f"{data_root}: {len(self.utts)} usable utterances, fewer than "
                             f"data.utterances_per_update={cfg.data.utterances_per_update}")
-        self.dataset = PairDataset(self.utts, None if cfg.perturb.on_device else self.perturbation, cfg.seed, sr)
+        self.sampler = make_sampler(cfg.data, [u.num_samples for u in self.utts], cfg.seed, self.rank, self.world)
+        self.dataset = PairDataset(self.utts, None if cfg.perturb.on_device else self.perturbation, cfg.seed, sr,
+                                   crop_samples(cfg.data))
         self.loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=self.sampler, collate_fn=UpdateCollate(cfg.data.batch_seconds, sr),
             num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(cfg.seed),

@@ -13,9 +13,11 @@ As the authors' code does it (vectominist/spin: ``src/model/spin.py``, ``src/nn/
   other view's targets, averaged over frames and the two directions.
 
 Batching: SPIN packs length-sorted utterances (cropped to 17 s, those under 2.5 s dropped) up to 256 s of
-audio per update; the recipe draws ``data.utterances_per_update`` = 20 whole utterances (~254 s at
-LibriSpeech's 12.7 s mean), so its input speech over 5,000 updates is ~353 h against SPIN's 5,000 x 256 s
-= 356 h (``score-train recipes/spin/hubert_base.yaml --data ROOT --plan`` prints it for a corpus).
+audio per update; ``data.pack_seconds``, ``data.min_seconds`` and ``data.crop_seconds`` do the same
+(:mod:`score_upstream.training.packing`; ``recipes/spin/hubert_base.yaml`` sets SPIN's values), so the
+input speech over 5,000 updates is ~356 h (``score-train recipes/spin/hubert_base.yaml --data ROOT --plan``
+prints it for a corpus). Without ``data.pack_seconds`` an update holds ``data.utterances_per_update``
+whole utterances (the small and tiny recipes, for corpora of few-second utterances).
 
 One Sinkhorn batch is one micro-batch (SPIN: one batch per GPU); the recipe's ``data.batch_seconds``
 holds a whole update. Under torchrun each process balances its own frames, where SPIN's code all-reduces
