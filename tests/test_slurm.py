@@ -1,6 +1,6 @@
 """SUPERB through a real one-node SLURM cluster (recipes/slurm/local_cluster.sh, started here when it is not
-up; skipped with the reason when it cannot start): a sweep of 2 tiny models x PR and QbE x 2 seeds through
-``run_superb.sh --launcher slurm`` (``--status`` while it runs, ``scancel`` of a running job, the same command
+up; skipped with the reason when it cannot start): a sweep of 2 tiny models x PR and QbE x 2 seeds x 2 PR
+learning rates (chosen on dev) through ``run_superb.sh --launcher slurm`` (``--status`` while it runs, ``scancel`` of a running job, the same command
 again finishing it without redoing finished stages, the same tables as ``--launcher local``), and a
 2-process torchrun training through ``srun`` (recipes/slurm/train.sh) that matches one process.
 
@@ -92,7 +92,7 @@ def test_sweep_status_scancel_resubmit_same_tables_as_local(cluster, tiny_corpus
     other = tmp_path / "tiny_hubert_seed1.pt"
     save_s3prl(new_hubert(tiny_model_cfg(), seed=1), other)
     sweep = ["--model", f"a:hubert_local:{tiny_hubert_ckpt}", "--model", f"b:hubert_local:{other}",
-             "--tasks", "pr qbe", "--seeds", "0 1", "--pr-max-steps", "2", "--device", "cpu",
+             "--tasks", "pr qbe", "--seeds", "0 1", "--lrs", "1e-2 5e-3", "--pr-max-steps", "2", "--device", "cpu",
              "--librispeech", tiny_corpus / "LibriSpeech", "--quesst-root", tiny_corpus / "quesst14Database",
              "--lexicon", tiny_corpus / "librispeech-lexicon.txt"]
     exproot, out = tmp_path / "exp_slurm", tmp_path / "results_slurm"
@@ -102,7 +102,8 @@ def test_sweep_status_scancel_resubmit_same_tables_as_local(cluster, tiny_corpus
     first = subprocess.run(submit, cwd=tmp_path, env=cluster, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     assert f"--status {exproot}" in first.stderr and not (out / "superb.csv").exists()  # it returned at once
-    names = {f"{m}.pr.{k}" for m in "ab" for k in ("prep", "seed0", "seed1", "collect")} | {"a.qbe", "b.qbe", "gather"}
+    runs = [f"lr{lr}.seed{s}" for lr in ("1e-2", "5e-3") for s in (0, 1)]  # one job per learning rate and seed
+    names = {f"{m}.pr.{k}" for m in "ab" for k in ("prep", *runs, "collect")} | {"a.qbe", "b.qbe", "gather"}
     assert set(_status(exproot, cluster)) == names
 
     # while it runs: queued and running jobs side by side; then a running PR seed job is cancelled
@@ -111,7 +112,7 @@ def test_sweep_status_scancel_resubmit_same_tables_as_local(cluster, tiny_corpus
     running = sorted((d.startswith("0/") is False, n) for n, (_, s, d) in rows.items() if s == "running" and ".seed" in n)
     victim = running[0][1]  # preferably one that has finished no stage yet
     subprocess.run(["scancel", rows[victim][0]], env=cluster, check=True)
-    collect = victim.rsplit(".", 1)[0] + ".collect"
+    collect = ".".join(victim.split(".")[:2]) + ".collect"
     rows = _wait(exproot, cluster, lambda r: r[victim][1] == "failed" and r["gather"][1] == "failed", 120,
                  f"{victim} and its dependents failed")
     assert "cancelled" in rows[victim][2] and f"{victim}" in rows[collect][2], rows
@@ -149,7 +150,8 @@ def test_sweep_status_scancel_resubmit_same_tables_as_local(cluster, tiny_corpus
     for a, b in zip(ours, theirs):
         for key in ("mtwv", "mtwv_low", "mtwv_high", "qbe_layer", "mtwv_last", "qbe_last_layer"):
             assert a[key] == b[key], (key, a[key], b[key])  # QbE: deterministic, exactly equal
-        for key in ("per", "per_sd", "per_n"):
+        assert a["per_lr"] in ("1e-2", "5e-3") and a["per_lr_dev"].startswith("1e-2: ")  # chosen on dev
+        for key in ("per", "per_sd", "per_n", "per_lr", "per_lr_dev"):
             # one thread per run on both sides: PR's updates are bit for bit the same
             assert a[key] == b[key], (key, a[key], b[key])
     print(f"\nsweep wall time: slurm {slurm_s:.0f} s (with the scancel and resubmission), local {local_s:.0f} s")
