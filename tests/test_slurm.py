@@ -1,7 +1,8 @@
 """SUPERB through a real one-node SLURM cluster (recipes/slurm/local_cluster.sh, started here when it is not
 up; skipped with the reason when it cannot start): a sweep of 2 tiny models x PR and QbE x 2 seeds x 2 PR
-learning rates (chosen on dev) through ``run_superb.sh --launcher slurm`` (``--status`` while it runs, ``scancel`` of a running job, the same command
-again finishing it without redoing finished stages, the same tables as ``--launcher local``), and a
+learning rates (chosen on dev) through ``run_superb.sh --launcher slurm`` (``--status`` while it runs,
+``scancel`` of a running job, the same command again finishing it without redoing finished stages, the same
+tables as ``--launcher local``), and a
 2-process torchrun training through ``srun`` (recipes/slurm/train.sh) that matches one process.
 
 Marked ``slurm`` (off by default): ``python -m pytest tests/test_slurm.py -m slurm``; ``.ci/run`` runs them.
