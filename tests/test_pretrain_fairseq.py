@@ -133,7 +133,7 @@ def cnn_frames(n: int) -> int:
     return int(frame_lengths(torch.tensor([n]), cnn_frames.layout)[0])
 
 
-def test_mfcc_frame_2i_has_model_frame_is_window():
+def test_mfcc_frame_2i_sees_the_window_of_model_frame_i():
     """At 100 Hz, MFCC frame 2i is computed from exactly the 400 samples model frame i sees (320 i ...)."""
     import torchaudio
 
