@@ -171,16 +171,32 @@ def feature_stats(feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     return torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(var)).float().clamp(min=1e-9)
 
 
-def _padded_unit_frames(feats: Sequence[torch.Tensor], width: int, mean: np.ndarray, std: np.ndarray, dtype: torch.dtype, frame_major: bool = False) -> torch.Tensor:
-    """K sequences (T_k, D) as one CPU tensor (K, width, D) of unit-length frames ((width, K, D) if ``frame_major``).
+def _unit_frames(feats: Sequence[torch.Tensor], mean: np.ndarray, std: np.ndarray, dtype: torch.dtype, out: np.ndarray | None = None) -> np.ndarray:
+    """K sequences (T_k, D) packed end to end as (sum T_k, D) unit-length frames of ``dtype``.
 
     Each sequence is z-normalised per dimension in float32 (as s3prl does), then each frame scaled to
-    unit length in ``dtype`` (one matrix product then gives every cosine), then padded to ``width`` by
-    repeating its last frame, which keeps each row's min and max over the padded columns unchanged.
+    unit length in ``dtype``, so that one matrix product gives every cosine. One sequence at a time,
+    into ``out`` when given (the first sum T_k rows of a reused buffer), so no full-size temporaries.
+    """
+    if out is None:
+        out = np.empty((sum(f.shape[0] for f in feats), feats[0].shape[1]), dtype=torch.empty((), dtype=dtype).numpy().dtype)
+    row = 0
+    for f in feats:
+        seg = out[row : row + f.shape[0]]
+        seg[...] = (_as_numpy(f) - mean) / std
+        seg /= np.sqrt(np.einsum("td,td->t", seg, seg))[:, None]
+        row += f.shape[0]
+    return out[:row]
+
+
+def _padded_unit_frames(feats: Sequence[torch.Tensor], width: int, mean: np.ndarray, std: np.ndarray, dtype: torch.dtype, frame_major: bool = False) -> torch.Tensor:
+    """:func:`_unit_frames` as one CPU tensor (K, width, D) ((width, K, D) if ``frame_major``).
+
+    Each sequence is padded to ``width`` by repeating its last frame, which keeps each row's min and max
+    over the padded columns unchanged.
     """
     lengths = np.array([f.shape[0] for f in feats])
-    flat = ((np.concatenate([_as_numpy(f) for f in feats]) - mean) / std).astype(torch.empty((), dtype=dtype).numpy().dtype)
-    flat /= np.sqrt(np.einsum("td,td->t", flat, flat))[:, None]
+    flat = _unit_frames(feats, mean, std, dtype)
     rows = np.minimum(np.arange(width)[None, :], lengths[:, None] - 1) + (np.cumsum(lengths) - lengths)[:, None]
     return torch.from_numpy(flat[rows.T if frame_major else rows])
 
@@ -189,6 +205,88 @@ def _blocks(lengths: Sequence[int], size: int) -> list[list[int]]:
     """Indices sorted by length, cut into blocks of ``size``, so that a block pads little."""
     order = sorted(range(len(lengths)), key=lambda k: lengths[k])
     return [order[s : s + size] for s in range(0, len(order), size)]
+
+
+def _tiles(lengths: np.ndarray, frames: int, count: int) -> list[tuple[int, int]]:
+    """Runs [a, b) of consecutive sequences holding at most ``count`` sequences and ``frames`` frames
+    (a longer sequence forms a run alone)."""
+    runs, start, total = [], 0, 0
+    for k, n in enumerate(lengths.tolist()):
+        if k > start and (total + n > frames or k - start == count):
+            runs.append((start, k))
+            start, total = k, 0
+        total += n
+    runs.append((start, len(lengths)))
+    return runs
+
+
+# Tile of the packed search: TILE_ROWS x TILE_COLS float32 distances (2 MB at 256 x 2048) stay in a
+# core's L2 between the GEMM that writes them and the DP that reads them; GEMMs of this shape
+# (K = 768) run at the speed of much larger ones.
+TILE_ROWS, TILE_COLS = 256, 2048
+
+
+def _packed_costs(
+    query_feats: Sequence[torch.Tensor], doc_feats: Sequence[torch.Tensor], mean: np.ndarray, std: np.ndarray,
+    dtype: torch.dtype, batch_queries: int, batch_docs: int,
+) -> torch.Tensor:
+    """(Q, Ndoc) normalised DTW costs through the C++ kernel, on packed frames: no GEMM work on padding.
+
+    Queries and documents are packed end to end ((sum N, D) and (sum M, D)); the distance matrix is
+    computed one tile at a time (whole queries x whole documents, at most TILE_ROWS x TILE_COLS frames
+    or ``batch_queries`` x ``batch_docs`` sequences), each tile's pairs run by :func:`qbe_cpu.dtw_tile`
+    while the tile is in cache.
+    """
+    q_lens = np.array([q.shape[0] for q in query_feats], dtype=np.int64)
+    d_lens = np.array([d.shape[0] for d in doc_feats], dtype=np.int64)
+    q_starts, d_starts = np.cumsum(q_lens) - q_lens, np.cumsum(d_lens) - d_lens
+    queries = torch.from_numpy(_unit_frames(query_feats, mean, std, dtype))
+    q_tiles = _tiles(q_lens, TILE_ROWS, batch_queries)
+    d_tiles = _tiles(d_lens, TILE_COLS, batch_docs)
+    out = torch.empty(len(query_feats), len(doc_feats), dtype=dtype)
+    cols = max(int(d_lens[a:b].sum()) for a, b in d_tiles)
+    doc_buf = np.empty((cols, queries.shape[1]), dtype=queries.numpy().dtype)  # one document tile's frames
+    buf = torch.empty(max(int(q_lens[a:b].sum()) for a, b in q_tiles) * cols, dtype=dtype)
+    one = torch.ones(1, dtype=dtype)
+    for d0, d1 in d_tiles:  # documents outside: each document tile is normalised once and meets every query tile
+        docs_t = torch.from_numpy(_unit_frames(doc_feats[d0:d1], mean, std, dtype, out=doc_buf)).T
+        c = docs_t.shape[1]
+        for q0, q1 in q_tiles:
+            r0, r1 = int(q_starts[q0]), int(q_starts[q1 - 1] + q_lens[q1 - 1])
+            tile = torch.addmm(one, queries[r0:r1], docs_t, alpha=-1.0, out=buf[: (r1 - r0) * c].view(r1 - r0, c))
+            qbe_cpu.dtw_tile(tile, q_starts[q0:q1] - r0, q_lens[q0:q1], d_starts[d0:d1] - d_starts[d0], d_lens[d0:d1],
+                             out, np.arange(q0, q1) * len(doc_feats), np.arange(d0, d1))
+    return out
+
+
+def _padded_costs(
+    query_feats: Sequence[torch.Tensor], doc_feats: Sequence[torch.Tensor], mean: np.ndarray, std: np.ndarray,
+    dtype: torch.dtype, batch_queries: int, batch_docs: int, device: torch.device, backend: str,
+) -> torch.Tensor:
+    """(Q, Ndoc) normalised DTW costs on padded blocks (any device): :func:`block_dtw_costs` per block.
+
+    G queries padded to N frames, frame-major (N * G, D), times B documents padded to M frames gives
+    the (N, G * B, M) layout that block_dtw_costs reads; documents and queries are sorted by length so
+    that blocks pad little.
+    """
+    q_lengths = [q.shape[0] for q in query_feats]
+    q_blocks = []
+    for idx in _blocks(q_lengths, batch_queries):
+        q = _padded_unit_frames([query_feats[k] for k in idx], max(q_lengths[k] for k in idx), mean, std, dtype, frame_major=True)
+        q_blocks.append((idx, q.flatten(0, 1).to(device)))
+    out = torch.zeros(len(query_feats), len(doc_feats), dtype=torch.float64)
+    d_lengths = [d.shape[0] for d in doc_feats]
+    one = torch.ones(1, dtype=dtype, device=device)
+    for didx in _blocks(d_lengths, batch_docs):
+        width = -(-max(d_lengths[k] for k in didx) // 16) * 16  # MKL's GEMM is ~20% faster when 16 divides a row
+        docs = _padded_unit_frames([doc_feats[k] for k in didx], width, mean, std, dtype).to(device)
+        dlens = torch.tensor([d_lengths[k] for k in didx])
+        for qidx, q in q_blocks:
+            cost = torch.addmm(one, q, docs.view(-1, docs.shape[-1]).T, alpha=-1.0)  # 1 - cos, (N * G, B * M)
+            pairs_q = [q_lengths[k] for k in qidx for _ in didx]  # pair p = (query p // B, document p % B)
+            res = block_dtw_costs(cost.view(-1, len(qidx) * len(didx), width), pairs_q, dlens.repeat(len(qidx)), backend)
+            out[torch.tensor(qidx)[:, None], torch.tensor(didx)[None, :]] = res.view(len(qidx), len(didx)).double().cpu()
+    return out
 
 
 def _z_normalise_rows(raw: torch.Tensor) -> torch.Tensor:
@@ -214,13 +312,16 @@ def qbe_scores(
         query_feats: Q tensors (N_q, D), one hidden layer of each query.
         doc_feats: Ndoc tensors (M_d, D), the same layer of each document.
         feature_normalization: z-normalise each dimension over all frames of queries and documents.
-        batch_docs: documents per block (documents are sorted by length so that blocks pad little).
-        batch_queries: queries per block; one block's cost tensor holds
+        batch_docs: documents per block (torch backend: sorted by length and padded to the longest; C++
+            backend: at most this many per tile of the packed distance matrix).
+        batch_queries: queries per block (likewise); a torch block's cost tensor holds
             max N x batch_queries x batch_docs x max M values of ``dtype``.
         device: where the distances and the DP run.
         dtype: compute dtype of distances and DP (float32 agrees with dtw-python to ~1e-6 here).
         backend: the pass after the distances (row min-max, DP): ``"auto"`` (the compiled kernel on CPU
             when it builds, else torch; ``SCORE_QBE_BACKEND`` overrides), ``"cpp"`` or ``"torch"``.
+            ``"cpp"`` packs queries and documents without padding and runs the DP tile by tile
+            (:func:`_packed_costs`); ``"torch"`` runs padded blocks on any device (:func:`_padded_costs`).
 
     Returns:
         (Q, Ndoc) float64 on the CPU: per-query z-normalised scores (0 for queries under 5 frames).
@@ -240,26 +341,13 @@ def qbe_scores(
     else:
         mean, std = np.zeros(1, dtype=np.float32), np.ones(1, dtype=np.float32)
 
-    # Query blocks, once: G queries padded to N frames, frame-major (N * G, D), so that the product
-    # with a document block comes out as the (N, G * B, M) layout block_dtw_costs reads.
-    q_lengths = [q.shape[0] for q in query_feats]
-    long_enough = [k for k, n in enumerate(q_lengths) if n >= MIN_QUERY_FRAMES]  # the others score 0
-    q_blocks = []
-    for block in _blocks([q_lengths[k] for k in long_enough], batch_queries):
-        idx = [long_enough[k] for k in block]
-        q = _padded_unit_frames([query_feats[k] for k in idx], max(q_lengths[k] for k in idx), mean, std, dtype, frame_major=True)
-        q_blocks.append((idx, q.flatten(0, 1).to(device)))
-
     raw = torch.zeros(len(query_feats), len(doc_feats), dtype=torch.float64)
-    d_lengths = [d.shape[0] for d in doc_feats]
-    one = torch.ones(1, dtype=dtype, device=device)
-    for didx in _blocks(d_lengths, batch_docs):
-        width = -(-max(d_lengths[k] for k in didx) // 16) * 16  # MKL's GEMM is ~20% faster when 16 divides a row
-        docs = _padded_unit_frames([doc_feats[k] for k in didx], width, mean, std, dtype).to(device)
-        dlens = torch.tensor([d_lengths[k] for k in didx])
-        for qidx, q in q_blocks:
-            cost = torch.addmm(one, q, docs.view(-1, docs.shape[-1]).T, alpha=-1.0)  # 1 - cos, (N * G, B * M)
-            pairs_q = [q_lengths[k] for k in qidx for _ in didx]  # pair p = (query p // B, document p % B)
-            res = block_dtw_costs(cost.view(-1, len(qidx) * len(didx), width), pairs_q, dlens.repeat(len(qidx)), backend)
-            raw[torch.tensor(qidx)[:, None], torch.tensor(didx)[None, :]] = -res.view(len(qidx), len(didx)).double().cpu()
+    kept = [k for k, q in enumerate(query_feats) if q.shape[0] >= MIN_QUERY_FRAMES]  # the others score 0
+    if kept:
+        queries = [query_feats[k] for k in kept]
+        if backend == "cpp":
+            costs = _packed_costs(queries, doc_feats, mean, std, dtype, batch_queries, batch_docs)
+        else:
+            costs = _padded_costs(queries, doc_feats, mean, std, dtype, batch_queries, batch_docs, device, backend)
+        raw[kept] = -costs.double()
     return _z_normalise_rows(raw)
