@@ -37,6 +37,9 @@ weights-only allowlist                 ``Runner.__init__`` (``init_ckpt``) load 
 ``ctc.data.load_dataset`` reads        ``downstream/ctc/expert.py`` ``get_dataloader``         it ``pop``s ``num_workers`` from the expert's own
 ``num_workers`` without removing it                                                           corpus dict, so every later loader (dev, test,
                                                                                               evaluate) silently used 12 workers
+``ctc/data.py`` reads audio through    ``downstream/ctc/data.py`` ``collect_audio_batch``      it decodes every file of every batch in every epoch
+a cache in memory                      (superb/pr/audio_cache.py; only when                    (~8 ms of a ~45 ms demo PR update); same bytes
+                                       ``$SCORE_UPSTREAM_CACHE_MB`` > 0)                       returned, so the same results
 ``hf_hubert`` / ``hf_wav2vec2``         ``s3prl.hub`` imports both experts, which import        ~3.5 s of every process that imports ``s3prl.hub``
 experts load on first use              ``transformers`` at module level                       (a SUPERB run starts dozens); the two upstreams
                                                                                               work as before, ``transformers`` loads when one
@@ -48,7 +51,8 @@ Applied when: ``set_audio_backend`` / ``get_audio_backend`` are absent; torchaud
 ``sox_effects`` when the module does not import or sox is not among ``torchaudio.list_audio_backends()``
 (torchaudio's PyPI wheels have not bundled libsox since 2.1, so its effects fail at call time without a
 system libsox); ``HfFolder``/``Repository`` when absent; the allowlist entry when ``torch.load`` is
-weights-only by default (torch 2.6+); the ``ctc`` fix whenever s3prl's ``load_dataset`` is unpatched;
+weights-only by default (torch 2.6+); the ``ctc`` fix whenever s3prl's ``load_dataset`` is unpatched; the ``ctc`` audio cache when
+``$SCORE_UPSTREAM_CACHE_MB`` > 0;
 the deferred ``hf_*`` experts when ``s3prl.hub`` has not been imported yet.
 """
 
@@ -378,6 +382,10 @@ def apply() -> list[str]:
         shims.append("weights-only argparse.Namespace")
     if _patch_ctc_load_dataset():
         shims.append("ctc load_dataset")
+    from score_upstream.s3prl.superb.pr import audio_cache
+
+    if audio_cache.install() is not None:
+        shims.append("ctc decoded-audio cache")
     if _defer_hf_experts():
         shims.append("deferred hf_* experts")
 
