@@ -5,6 +5,7 @@ Run::
     python benchmarks/bench_qbe.py                       # 50 queries x 200 documents, D=768
     python benchmarks/bench_qbe.py --queries 10 --docs 40 --s3prl-queries 2   # quick
     SCORE_QBE_BACKEND=torch python benchmarks/bench_qbe.py   # our torch-only path
+    git worktree add /tmp/base 70c7b3d && python benchmarks/bench_qbe.py --baseline-src /tmp/base  # old beside new
 
 On CPU ours uses the compiled kernel of :mod:`score_upstream.qbe.cpu` when it builds (then the
 torch-only path is timed too, for comparison); the table names the backend of each row.
@@ -14,7 +15,13 @@ is s3prl's own ``DownstreamExpert.log_records`` (its process pool over all CPUs,
 timed on the first ``--s3prl-queries`` queries against all documents and extrapolated linearly in the
 number of queries (each pair costs the same on average; the table says so). Its XML is compared with
 ours on that same subset; the unrounded scores of one query are compared through s3prl's ``match``.
-Prints one Markdown table.
+Every row also reads as "x floor": its time over the **floor** measured in the same run, the bare
+float32 GEMM of the same shapes (all query frames packed, no padding, times all document frames
+packed, block by block into one reused buffer: the fastest of the blockings in ``FLOOR_BLOCKS``)
+plus one read+write sweep over the distances: what any implementation of this search must pay on
+this machine. ``--baseline-src PATH``
+adds the rows of the checkout at PATH (see ``benchmarks/baseline.py``), timed in the same run on the
+same features. Times are the minimum of ``--repeats`` runs. Prints one Markdown table.
 """
 
 from __future__ import annotations
@@ -25,23 +32,65 @@ import platform
 import tempfile
 import time
 
+import numpy as np
 import torch
+
+from baseline import commit_of, import_baseline
 
 from score_upstream.qbe import search as qbe
 from score_upstream.qbe import quesst
 from score_upstream.qbe.stdlist import read_stdlist
 
 
+# The clock of every timing: wall time, or with --cpu-time this process's CPU time (all threads), which on a
+# shared machine counts the work done instead of the time spent waiting for a core (use it with --threads 1:
+# with more, idle threads spinning at a barrier count too).
+_clock = time.perf_counter
+
+
 def _features(gen, count, lo, hi, dim):
     return [torch.randn(int(torch.randint(lo, hi + 1, (1,), generator=gen)), dim, generator=gen) for _ in range(count)]
 
 
-def _timed(fn, sync=None):
-    start = time.perf_counter()
-    out = fn()
-    if sync:
-        sync()
-    return time.perf_counter() - start, out
+def _timed(fn, sync=None, repeats=1):
+    """(minimum seconds over ``repeats`` calls, the last output)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = _clock()
+        out = fn()
+        if sync:
+            sync()
+        best = min(best, _clock() - start)
+    return best, out
+
+
+def _floor(queries, docs, device, rows, cols):
+    """The floor's work: the bare GEMM of all query frames x all document frames, packed, in blocks of
+    ``rows`` x ``cols`` (``None``: all) into one reused buffer, and one read+write sweep of each block.
+    Returns a function doing it once."""
+    unit = lambda feats: torch.nn.functional.normalize(torch.cat(feats), dim=1).to(device)  # noqa: E731
+    q, d = unit(queries), unit(docs)
+    rows, cols = min(rows or len(q), len(q)), min(cols or len(d), len(d))
+    buf = torch.empty(rows * cols, device=device)
+
+    def run():
+        for c0 in range(0, len(d), cols):
+            d_t = d[c0 : c0 + cols].T
+            for r0 in range(0, len(q), rows):
+                out = buf[: min(rows, len(q) - r0) * d_t.shape[1]].view(-1, d_t.shape[1])
+                torch.mm(q[r0 : r0 + rows], d_t, out=out)
+                out.neg_()
+    return run
+
+
+# Blockings tried for the floor (rows x columns of the distance matrix per GEMM; None = all): whole rows
+# of 512 query frames, and blocks that stay in a core's L2; the floor is the fastest.
+FLOOR_BLOCKS = ((512, None), (256, 2048))
+
+
+def _best_floor(queries, docs, device, repeats, sync=None):
+    """(seconds, blocking) of the fastest floor blocking."""
+    return min((_timed(_floor(queries, docs, device, r, c), sync, repeats)[0], f"{r} x {c or 'all'}") for r, c in FLOOR_BLOCKS)
 
 
 def main() -> None:
@@ -55,8 +104,18 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None, help="s3prl's dtw-python processes (default: all CPUs)")
     p.add_argument("--batch-docs", type=int, default=32)
     p.add_argument("--batch-queries", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=2, help="runs per row of ours and the floor; the minimum is shown")
+    p.add_argument("--baseline-src", default=None, help="a checkout of another commit whose rows are timed beside ours")
+    p.add_argument("--threads", type=int, default=None, help="torch and kernel threads (default: torch's, all cores)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time with this process's CPU time instead of wall time (shared machines; with --threads 1)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    global _clock
+    if args.cpu_time:
+        _clock = time.process_time
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     gen = torch.Generator().manual_seed(args.seed)
     qlo, qhi = (int(x) for x in args.query_frames.split(","))
@@ -68,27 +127,47 @@ def main() -> None:
     sub = max(1, min(args.s3prl_queries, len(queries)))
     cells = sum(len(q) for q in queries) * sum(len(d) for d in docs)
     kw = {"batch_docs": args.batch_docs, "batch_queries": args.batch_queries}
+    threads = f"{torch.get_num_threads()} threads"
+    rows = []  # (implementation, resources, seconds, how, device of its floor)
 
-    rows = []
-    backend = qbe.resolve_backend("cpu")
-    if backend == "cpp" and os.environ.get("SCORE_QBE_BACKEND", "auto") == "auto":
-        t_torch, _ = _timed(lambda: qbe.qbe_scores(queries, docs, backend="torch", **kw))
-        rows.append(("ours, torch GEMM + torch DP, CPU float32", f"{torch.get_num_threads()} threads", t_torch, "measured"))
-    t_cpu, _ = _timed(lambda: qbe.qbe_scores(queries, docs, **kw))
-    label = "torch GEMM + C++ fused min-max/DP" if backend == "cpp" else "torch GEMM + torch DP"
-    rows.append((f"ours, {label}, CPU float32 (backend {backend})", f"{torch.get_num_threads()} threads", t_cpu, "measured"))
-    if torch.cuda.is_available():
-        qbe.qbe_scores(queries[:2], docs[:4], device="cuda")  # warm-up
-        t_gpu, _ = _timed(lambda: qbe.qbe_scores(queries, docs, device="cuda", **kw), torch.cuda.synchronize)
-        rows.append(("ours, torch GPU float32", torch.cuda.get_device_name(), t_gpu, "measured"))
+    t_floor, blocks = _best_floor(queries, docs, "cpu", args.repeats)
+    floors = {"cpu": t_floor}
+    rows.append(("floor: bare float32 GEMM, packed, + one read/write sweep", threads, t_floor, f"measured, blocks {blocks}", "cpu"))
+    impls = [("ours", qbe)]
+    if args.baseline_src:
+        (base,) = import_baseline(args.baseline_src, "score_upstream.qbe.search")
+        impls.insert(0, (f"baseline {commit_of(args.baseline_src)}", base))
+    scores = {}
+    for who, mod in impls:
+        backend = mod.resolve_backend("cpu")
+        if backend == "cpp" and os.environ.get("SCORE_QBE_BACKEND", "auto") == "auto":
+            t, _ = _timed(lambda: mod.qbe_scores(queries, docs, backend="torch", **kw), repeats=args.repeats)
+            rows.append((f"{who}, torch GEMM + torch DP, CPU float32", threads, t, "measured", "cpu"))
+        t, scores[who] = _timed(lambda: mod.qbe_scores(queries, docs, **kw), repeats=args.repeats)
+        label = "torch GEMM + C++ fused min-max/DP" if backend == "cpp" else "torch GEMM + torch DP"
+        rows.append((f"{who}, {label}, CPU float32 (backend {backend})", threads, t, "measured", "cpu"))
+        if torch.cuda.is_available():
+            sync = torch.cuda.synchronize
+            if "cuda" not in floors:
+                _best_floor(queries[:2], docs[:4], "cuda", 1, sync)  # warm-up
+                floors["cuda"], blocks = _best_floor(queries, docs, "cuda", args.repeats, sync)
+                rows.append(("floor on the GPU (as above)", torch.cuda.get_device_name(), floors["cuda"], f"measured, blocks {blocks}", "cuda"))
+            mod.qbe_scores(queries[:2], docs[:4], device="cuda")  # warm-up
+            t, _ = _timed(lambda: mod.qbe_scores(queries, docs, device="cuda", **kw), sync, repeats=args.repeats)
+            rows.append((f"{who}, torch GPU float32", torch.cuda.get_device_name(), t, "measured", "cuda"))
 
     with tempfile.TemporaryDirectory() as tmp:
         workers = args.workers or os.cpu_count()
-        t_sub, xml = _timed(lambda: quesst.run_s3prl_expert(queries[:sub], docs, qnames[:sub], dnames, tmp, workers))
+        if args.cpu_time:  # s3prl's work runs in child processes: count theirs
+            start = sum(os.times()[:4])
+            xml = quesst.run_s3prl_expert(queries[:sub], docs, qnames[:sub], dnames, tmp, workers)
+            t_sub = sum(os.times()[:4]) - start
+        else:
+            t_sub, xml = _timed(lambda: quesst.run_s3prl_expert(queries[:sub], docs, qnames[:sub], dnames, tmp, workers))
         theirs = read_stdlist(xml).as_dict()
     t_s3prl = t_sub * len(queries) / sub
     how = "measured" if sub == len(queries) else f"extrapolated from {sub} queries ({t_sub:.1f} s)"
-    rows.append(("s3prl quesst14_dtw (dtw-python per pair)", f"{workers} processes", t_s3prl, how))
+    rows.append(("s3prl quesst14_dtw (dtw-python per pair)", f"{workers} processes", t_s3prl, how, "cpu"))
 
     ours_sub = qbe.qbe_scores(queries[:sub], docs, **kw)
     diff_xml = max(abs(ours_sub[a, b].item() - theirs[q][d][0]) for a, q in enumerate(qnames[:sub]) for b, d in enumerate(dnames))
@@ -96,15 +175,20 @@ def main() -> None:
     diff_raw = (qbe.qbe_scores(one_q, docs, **kw) - quesst.s3prl_qbe_scores(one_q, docs)).abs().max().item()
 
     print(f"QbE search, {len(queries)} queries ({qlo}-{qhi} frames) x {len(docs)} documents ({dlo}-{dhi} frames), "
-          f"D={args.dim}, {cells / 1e6:.0f} M distance cells")
+          f"D={args.dim}, {cells / 1e6:.0f} M distance cells, {2 * args.dim * cells / 1e9:.0f} GFLOP of GEMM; "
+          f"times: minimum of {args.repeats} runs, {'CPU time' if args.cpu_time else 'wall time'}")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
           f"torch {torch.__version__}\n")
-    print("| implementation | resources | time (s) | speed-up vs s3prl | how |")
-    print("|---|---|---:|---:|---|")
-    for name, res, t, how_ in rows:
-        print(f"| {name} | {res} | {t:.2f} | {t_s3prl / t:.1f}x | {how_} |")
-    print(f"\nmax |ours - s3prl| on the {sub}-query subset: {diff_xml:.2e} in benchmark.stdlist.xml (s3prl writes 4 decimals); "
+    print("| implementation | resources | time (s) | x floor | speed-up vs s3prl | how |")
+    print("|---|---|---:|---:|---:|---|")
+    for name, res, t, how_, dev in rows:
+        print(f"| {name} | {res} | {t:.2f} | {t / floors[dev]:.2f} | {t_s3prl / t:.1f}x | {how_} |")
+    print(f"\nfloor: {2 * args.dim * cells / t_floor / 1e9:.0f} GFLOP/s on the CPU; "
+          f"max |ours - s3prl| on the {sub}-query subset: {diff_xml:.2e} in benchmark.stdlist.xml (s3prl writes 4 decimals); "
           f"{diff_raw:.2e} unrounded (queries 0-{len(one_q) - 1}, s3prl's match per pair)")
+    for who in scores:
+        if who != "ours":
+            print(f"max |ours - {who}| over all scores: {np.abs((scores['ours'] - scores[who]).numpy()).max():.2e}")
 
 
 if __name__ == "__main__":

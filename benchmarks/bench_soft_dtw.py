@@ -22,6 +22,18 @@ time divided by ours. Methods:
 
 Inputs are L2-normalised random features (SCORE's head output), lengths 90-100 % of the padded size.
 
+Every size also gets its **floor**, measured in the same run: the bare float32 batched GEMMs of the
+cost matrices (3 forward, 4 backward, as ``ours`` does them, into preallocated outputs) plus one
+read+write sweep of the DP's cells for the forward and one for the backward. Each method's cell reads
+``seconds (x floor)``. ``--breakdown`` splits ``ours`` into GEMMs and DP and sets the DP beside the
+sweeps alone (and beside a numba DP fed the same cost matrices, when numba is installed).
+``--baseline-src PATH`` adds ``baseline``: ``ours`` as the checkout at PATH holds it (see
+``benchmarks/baseline.py``), timed in the same run on the same inputs::
+
+    git worktree add /tmp/base 70c7b3d
+    python benchmarks/bench_soft_dtw.py --sizes 800x720 --methods ours,ref-dp+mm --baseline-src /tmp/base
+    python benchmarks/bench_soft_dtw.py --sizes 800x720 --breakdown --baseline-src /tmp/base
+
 On CUDA ``ours`` is the persistent Triton kernel and ``ours-torch`` one launch per anti-diagonal; the
 table adds ``bound``, the latency bound ``2 (N + M - 1)`` dependent steps (forward and backward) times
 the per-step cost of this design measured by a probe kernel (same loop, ring buffer and barrier, trivial
@@ -42,6 +54,7 @@ import time
 import numpy as np
 import torch
 
+from baseline import commit_of, import_baseline
 from score_upstream.sdtw.divergence import divergence_costs, pairwise_sq_euclidean, resolve_backend, soft_dtw_divergence
 
 try:
@@ -59,6 +72,12 @@ except ImportError:  # the reference loops still run, as plain Python
 
     def _jit(f):
         return f
+
+
+# The clock of every timing: wall time, or with --cpu-time this process's CPU time (all threads), which on a
+# shared machine counts the work done instead of the time spent waiting for a core (use it with --threads 1:
+# with more, idle threads spinning at a barrier count too).
+_clock = time.perf_counter
 
 
 @_jit
@@ -132,12 +151,17 @@ def _ref_divergence(x, y, xl, yl, gamma, cost):
     _per_pair(x, y, xl, yl, pair_loss)
 
 
-def _method_fns(device):
-    """{name: fn(x, y, xl, yl, gamma)} each running the forward and the backward of the batch's loss."""
+def _method_fns(device, baseline=None):
+    """{name: fn(x, y, xl, yl, gamma)} each running the forward and the backward of the batch's loss.
+
+    ``baseline``: another checkout's ``score_upstream.sdtw.divergence`` module, timed as ``baseline``.
+    """
     fns = {
         "ours": lambda x, y, xl, yl, g: soft_dtw_divergence(x, y, xl, yl, g).sum().backward(),
         "ours-torch": lambda x, y, xl, yl, g: soft_dtw_divergence(x, y, xl, yl, g, backend="torch").sum().backward(),
     }
+    if baseline is not None:
+        fns["baseline"] = lambda x, y, xl, yl, g: baseline.soft_dtw_divergence(x, y, xl, yl, g).sum().backward()
     if device.type == "cpu":
         fns["ref-recipe"] = lambda x, y, xl, yl, g: _ref_divergence(x, y, xl, yl, g, _broadcast_cost)
         fns["ref-dp+mm"] = lambda x, y, xl, yl, g: _ref_divergence(x, y, xl, yl, g, pairwise_sq_euclidean)
@@ -257,34 +281,75 @@ def _time_once(fn, x, y, xl, yl, gamma, device):
     xg, yg = x.clone().requires_grad_(), y.clone().requires_grad_()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0 = _clock()
     fn(xg, yg, xl, yl, gamma)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return _clock() - t0
 
 
-def _breakdown(args, sizes, device) -> None:
-    """Where ``ours`` spends its time: the 3B cost matrices (GEMM, forward + backward) vs the DP alone."""
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_time(fn, device, repeats):
+    """Median seconds of ``fn()`` over ``repeats`` calls after one warm-up call."""
+    fn()
+    _sync(device)
+    runs = []
+    for _ in range(max(1, repeats)):
+        t0 = _clock()
+        fn()
+        _sync(device)
+        runs.append(_clock() - t0)
+    return statistics.median(runs)
+
+
+def _floor(batch, L, dim, device, repeats):
+    """(GEMMs s, sweeps s): the bare float32 batched GEMMs of the divergence's cost matrices and their
+    backward (3 + 4 products of (B, L, D) x (B, D, L) or (B, L, L) x (B, L, D), outputs preallocated),
+    and one read+write sweep of the 3B x L x L DP cells for the forward plus one for the backward."""
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(batch, L, dim, generator=gen).to(device)
+    b = torch.randn(batch, L, dim, generator=gen).to(device)
+    cost = torch.empty(3 * batch, L, L, device=device)
+    grad = torch.empty(batch, L, dim, device=device)
+
+    def gemms():
+        for k in range(3):
+            torch.bmm(a, b.transpose(1, 2), out=cost[k * batch : (k + 1) * batch])
+        for k in range(4):
+            torch.bmm(cost[k % 3 * batch : (k % 3 + 1) * batch], b, out=grad)
+
+    other = torch.empty_like(cost)
+    return _median_time(gemms, device, repeats), _median_time(lambda: (torch.neg(cost, out=other), torch.neg(other, out=cost)), device, repeats)
+
+
+def _numba_dp(C, n, m, gamma):
+    """The reference recipe's per-pair float64 DP (forward + backward) on each of the stacked cost matrices."""
+    for p in range(C.shape[0]):
+        c = C[p, : n[p], : m[p]]
+        _ref_backward(c, _ref_forward(c, gamma), gamma)
+
+
+def _breakdown(args, sizes, device, baseline=None) -> None:
+    """Where ``ours`` spends its time: the 3B cost matrices (GEMM, forward + backward) vs the DP alone,
+    each beside its floor; with ``baseline``, that checkout's DP on the same matrices; with numba, the
+    reference recipe's DP on them."""
     from score_upstream.sdtw.divergence import soft_dtw_cost
 
-    def timed(fn):
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        runs = []
-        for _ in range(max(1, args.repeats)):
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            runs.append(time.perf_counter() - t0)
-        return statistics.median(runs)
-
+    timed = lambda fn: _median_time(fn, device, args.repeats)  # noqa: E731
+    with_numba = numba is not None and device.type == "cpu"
     print(f"# ours, time by part: B={args.batch}, D={args.dim}, full lengths, backend {resolve_backend(device)}, "
-          f"median of {args.repeats}")
-    print("| N x M | cost GEMM fwd+bwd s | DP fwd s | DP bwd s | DP fwd ns/cell | DP bwd ns/cell |")
-    print("|---|---|---|---|---|---|")
+          f"median of {args.repeats}, {'CPU' if args.cpu_time else 'wall'} time; floor = bare GEMMs + one read/write sweep of the DP cells per pass; "
+          f"numba {'%s' % numba.__version__ if numba else 'absent (no numba DP column)'}")
+    cols = ["N x M", "floor GEMMs s", "cost GEMM fwd+bwd s", "GEMM x floor", "floor sweeps s", "DP fwd s", "DP bwd s",
+            "DP fwd ns/cell", "DP bwd ns/cell", "DP x floor"]
+    cols += ["baseline DP fwd+bwd s", "baseline DP / ours"] if baseline is not None else []
+    cols += ["numba DP fwd+bwd s", "numba DP / ours"] if with_numba else []
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
     gen = torch.Generator().manual_seed(0)
     for N, M in sizes:
         L = max(N, M)
@@ -297,12 +362,28 @@ def _breakdown(args, sizes, device) -> None:
         def gemm():
             divergence_costs(x.clone().requires_grad_(), y.clone().requires_grad_()).sum().backward()
 
+        floor_gemm, floor_sweep = _floor(args.batch, L, args.dim, device, args.repeats)
         C = divergence_costs(x, y).contiguous()
-        fwd = timed(lambda: soft_dtw_cost(C, n, m, args.gamma))
-        C.requires_grad_()
-        both = timed(lambda: soft_dtw_cost(C, n, m, args.gamma).sum().backward())
-        print(f"| {N}x{M} | {timed(gemm):.3f} | {fwd:.3f} | {both - fwd:.3f} | {fwd / cells * 1e9:.2f} | "
-              f"{(both - fwd) / cells * 1e9:.2f} |", flush=True)
+
+        def dp_parts(cost_fn):
+            fwd = timed(lambda: cost_fn(C, n, m, args.gamma))
+            Cg = C.clone().requires_grad_()  # autograd.grad: no accumulation into Cg.grad in the timing
+            both = timed(lambda: torch.autograd.grad(cost_fn(Cg, n, m, args.gamma).sum(), Cg))
+            return fwd, both - fwd
+
+        fwd, bwd = dp_parts(soft_dtw_cost)
+        t_gemm = timed(gemm)
+        row = [f"{N}x{M}", f"{floor_gemm:.3f}", f"{t_gemm:.3f}", f"{t_gemm / floor_gemm:.2f}", f"{floor_sweep:.4f}",
+               f"{fwd:.3f}", f"{bwd:.3f}", f"{fwd / cells * 1e9:.2f}", f"{bwd / cells * 1e9:.2f}",
+               f"{(fwd + bwd) / floor_sweep:.1f}"]
+        if baseline is not None:
+            b_fwd, b_bwd = dp_parts(baseline.soft_dtw_cost)
+            row += [f"{b_fwd + b_bwd:.3f}", f"{(b_fwd + b_bwd) / (fwd + bwd):.2f}"]
+        if with_numba:
+            C64, nl, ml = C.double().numpy(), n.tolist(), m.tolist()
+            t_numba = _median_time(lambda: _numba_dp(C64, nl, ml, args.gamma), device, min(args.repeats, 2))
+            row += [f"{t_numba:.3f}", f"{t_numba / (fwd + bwd):.1f}"]
+        print("| " + " | ".join(row) + " |", flush=True)
 
 
 def main(argv=None) -> int:
@@ -323,7 +404,17 @@ def main(argv=None) -> int:
     p.add_argument("--skip-target", action="store_true", help="on CUDA, skip the B=16, N=M=1000 target table")
     p.add_argument("--breakdown", action="store_true",
                    help="instead of the comparison: ours' time split into cost GEMM and DP forward/backward")
+    p.add_argument("--baseline-src", default=None,
+                   help="a checkout of another commit (git worktree add /tmp/base COMMIT) timed as 'baseline'")
+    p.add_argument("--threads", type=int, default=None, help="torch and kernel threads (default: torch's, all cores)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time with this process's CPU time instead of wall time (shared machines; with --threads 1)")
     args = p.parse_args(argv)
+    global _clock
+    if args.cpu_time:
+        _clock = time.process_time
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
         assert all(len(s) == 2 and min(s) > 0 for s in sizes)
@@ -331,10 +422,14 @@ def main(argv=None) -> int:
         print(f"error: --sizes {args.sizes!r}: expected a comma-separated list like 200x180,800x720", file=sys.stderr)
         return 2
     device = torch.device(args.device)
+    baseline = None
+    if args.baseline_src:
+        (baseline,) = import_baseline(args.baseline_src, "score_upstream.sdtw.divergence")
+        print(f"# baseline = ours at {commit_of(args.baseline_src)} ({args.baseline_src})")
     if args.breakdown:
-        _breakdown(args, sizes, device)
+        _breakdown(args, sizes, device, baseline)
         return 0
-    fns = _method_fns(device)
+    fns = _method_fns(device, baseline)
     if args.methods:
         unknown = set(args.methods.split(",")) - set(fns)
         if unknown:
@@ -345,10 +440,11 @@ def main(argv=None) -> int:
     print(f"# soft-DTW divergence fwd+bwd, B={args.batch}, D={args.dim}, gamma={args.gamma}, device={device}, "
           f"threads={torch.get_num_threads()}, backend(ours)={resolve_backend(device)}, torch {torch.__version__}, "
           f"numba {'%s' % numba.__version__ if numba else 'absent (reference loops in plain Python)'}")
-    print(f"# seconds per call (median of up to {args.repeats}, repeats stop after {args.repeat_budget:g} s per cell); "
-          "'x ours' = method time / ours time; '-' = skipped")
+    print(f"# {'CPU' if args.cpu_time else 'wall'} seconds per call (median of up to {args.repeats}, repeats stop after {args.repeat_budget:g} s per cell) "
+          "and (x floor); 'x ours' = method time / ours time; '-' = skipped; floor = bare cost GEMMs + one "
+          "read/write sweep of the DP cells per pass")
     with_bound = device.type == "cuda" and resolve_backend(device) == "triton"
-    header = ["N x M"] + [f"{k} s" for k in fns] + [f"{k} x ours" for k in fns if k != "ours"]
+    header = ["N x M", "floor s"] + [f"{k} s" for k in fns] + [f"{k} x ours" for k in fns if k != "ours"]
     header += ["bound s", "ours x bound"] if with_bound else []
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -375,8 +471,9 @@ def main(argv=None) -> int:
                 if sum(runs) > args.repeat_budget:
                     break
             times[name] = statistics.median(runs)
+        floor = sum(_floor(args.batch, max(N, M), args.dim, device, args.repeats))
         ours = times.get("ours", math.nan)
-        cells = [f"{N}x{M}"] + [f"{times[k]:.3f}" if k in times else "-" for k in fns]
+        cells = [f"{N}x{M}", f"{floor:.3f}"] + [f"{times[k]:.3f} ({times[k] / floor:.1f}x)" if k in times else "-" for k in fns]
         cells += [f"{times[k] / ours:.1f}" if k in times else "-" for k in fns if k != "ours"]
         if with_bound:
             bound = 2 * (N + M - 1) * _step_us(3 * args.batch, max(N, M)) / 1e6
