@@ -21,7 +21,7 @@ packed, block by block into one reused buffer: the fastest of the blockings in `
 plus one read+write sweep over the distances: what any implementation of this search must pay on
 this machine. ``--baseline-src PATH``
 adds the rows of the checkout at PATH (see ``benchmarks/baseline.py``), timed in the same run on the
-same features. Times are the minimum of ``--repeats`` runs. Prints one Markdown table.
+same features. Times are the minimum of ``--repeats`` rounds, each round running every row once. Prints one Markdown table.
 """
 
 from __future__ import annotations
@@ -84,13 +84,8 @@ def _floor(queries, docs, device, rows, cols):
 
 
 # Blockings tried for the floor (rows x columns of the distance matrix per GEMM; None = all): whole rows
-# of 512 query frames, and blocks that stay in a core's L2; the floor is the fastest.
+# of 512 query frames, and blocks that stay in a core's L2; the floor is the faster.
 FLOOR_BLOCKS = ((512, None), (256, 2048))
-
-
-def _best_floor(queries, docs, device, repeats, sync=None):
-    """(seconds, blocking) of the fastest floor blocking."""
-    return min((_timed(_floor(queries, docs, device, r, c), sync, repeats)[0], f"{r} x {c or 'all'}") for r, c in FLOOR_BLOCKS)
 
 
 def main() -> None:
@@ -130,31 +125,44 @@ def main() -> None:
     threads = f"{torch.get_num_threads()} threads"
     rows = []  # (implementation, resources, seconds, how, device of its floor)
 
-    t_floor, blocks = _best_floor(queries, docs, "cpu", args.repeats)
-    floors = {"cpu": t_floor}
-    rows.append(("floor: bare float32 GEMM, packed, + one read/write sweep", threads, t_floor, f"measured, blocks {blocks}", "cpu"))
+    # Every case runs once per round, round after round, and keeps its fastest run: on a shared machine
+    # each case then meets the same quiet and busy spells as the floor it is divided by.
+    cases = []  # (implementation, resources, fn, sync, device); floors first, "floor <device> <blocking>"
+    gpu = torch.cuda.is_available()
+    devices = [("cpu", threads, None)] + ([("cuda", torch.cuda.get_device_name(), torch.cuda.synchronize)] if gpu else [])
+    for dev, res, sync in devices:
+        for r, c in FLOOR_BLOCKS:
+            cases.append((f"floor {dev} {r} x {c or 'all'}", res, _floor(queries, docs, dev, r, c), sync, dev))
     impls = [("ours", qbe)]
     if args.baseline_src:
         (base,) = import_baseline(args.baseline_src, "score_upstream.qbe.search")
         impls.insert(0, (f"baseline {commit_of(args.baseline_src)}", base))
-    scores = {}
     for who, mod in impls:
         backend = mod.resolve_backend("cpu")
         if backend == "cpp" and os.environ.get("SCORE_QBE_BACKEND", "auto") == "auto":
-            t, _ = _timed(lambda: mod.qbe_scores(queries, docs, backend="torch", **kw), repeats=args.repeats)
-            rows.append((f"{who}, torch GEMM + torch DP, CPU float32", threads, t, "measured", "cpu"))
-        t, scores[who] = _timed(lambda: mod.qbe_scores(queries, docs, **kw), repeats=args.repeats)
+            cases.append((f"{who}, torch GEMM + torch DP, CPU float32", threads,
+                          lambda mod=mod: mod.qbe_scores(queries, docs, backend="torch", **kw), None, "cpu"))
         label = "torch GEMM + C++ fused min-max/DP" if backend == "cpp" else "torch GEMM + torch DP"
-        rows.append((f"{who}, {label}, CPU float32 (backend {backend})", threads, t, "measured", "cpu"))
-        if torch.cuda.is_available():
-            sync = torch.cuda.synchronize
-            if "cuda" not in floors:
-                _best_floor(queries[:2], docs[:4], "cuda", 1, sync)  # warm-up
-                floors["cuda"], blocks = _best_floor(queries, docs, "cuda", args.repeats, sync)
-                rows.append(("floor on the GPU (as above)", torch.cuda.get_device_name(), floors["cuda"], f"measured, blocks {blocks}", "cuda"))
+        cases.append((f"{who}, {label}, CPU float32 (backend {backend})", threads,
+                      lambda mod=mod: mod.qbe_scores(queries, docs, **kw), None, "cpu"))
+        if gpu:
             mod.qbe_scores(queries[:2], docs[:4], device="cuda")  # warm-up
-            t, _ = _timed(lambda: mod.qbe_scores(queries, docs, device="cuda", **kw), sync, repeats=args.repeats)
-            rows.append((f"{who}, torch GPU float32", torch.cuda.get_device_name(), t, "measured", "cuda"))
+            cases.append((f"{who}, torch GPU float32", torch.cuda.get_device_name(),
+                          lambda mod=mod: mod.qbe_scores(queries, docs, device="cuda", **kw), torch.cuda.synchronize, "cuda"))
+    best, outputs = {}, {}
+    for _ in range(max(1, args.repeats)):
+        for name, _res, fn, sync, _dev in cases:
+            t, outputs[name] = _timed(fn, sync)
+            best[name] = min(best.get(name, float("inf")), t)
+    scores = {name.split(",")[0]: out for name, out in outputs.items() if "C++" in name or ("torch DP" in name and "backend torch" in name)}
+    rows, floors = [], {}  # rows: (implementation, resources, seconds, how, device of its floor)
+    for dev, res, _ in devices:
+        t_floor, blocks = min((best[n], n.split(" ", 2)[2]) for n, *_ in cases if n.startswith(f"floor {dev} "))
+        floors[dev] = t_floor
+        what = "floor: bare float32 GEMM, packed, + one read/write sweep" if dev == "cpu" else "floor on the GPU (as above)"
+        rows.append((what, res, t_floor, f"measured, blocks {blocks}", dev))
+    t_floor = floors["cpu"]
+    rows += [(n, res, best[n], "measured", dev) for n, res, _fn, _sync, dev in cases if not n.startswith("floor ")]
 
     with tempfile.TemporaryDirectory() as tmp:
         workers = args.workers or os.cpu_count()
@@ -176,7 +184,7 @@ def main() -> None:
 
     print(f"QbE search, {len(queries)} queries ({qlo}-{qhi} frames) x {len(docs)} documents ({dlo}-{dhi} frames), "
           f"D={args.dim}, {cells / 1e6:.0f} M distance cells, {2 * args.dim * cells / 1e9:.0f} GFLOP of GEMM; "
-          f"times: minimum of {args.repeats} runs, {'CPU time' if args.cpu_time else 'wall time'}")
+          f"times: minimum of {args.repeats} rounds, {'CPU time' if args.cpu_time else 'wall time'}")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
           f"torch {torch.__version__}\n")
     print("| implementation | resources | time (s) | x floor | speed-up vs s3prl | how |")
