@@ -87,7 +87,6 @@ def test_tiles_that_split_queries_and_documents_give_the_same_scores(monkeypatch
     assert (whole - ref).abs().max() < 1e-4
     monkeypatch.setattr(qbe, "TILE_ROWS", 30)  # a few queries per tile, some alone
     monkeypatch.setattr(qbe, "TILE_COLS", 50)  # documents split over many tiles, the longest alone
-    monkeypatch.setattr(qbe, "GEMM_ROWS", 7)  # a tile's GEMMs cut through queries
     for batch_docs, batch_queries in [(32, 16), (3, 2), (1, 1)]:
         split = qbe.qbe_scores(queries, docs, backend="cpp", batch_docs=batch_docs, batch_queries=batch_queries)
         assert (split - whole).abs().max() < 1e-5, (batch_docs, batch_queries)

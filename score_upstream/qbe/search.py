@@ -220,12 +220,13 @@ def _tiles(lengths: np.ndarray, frames: int, count: int) -> list[tuple[int, int]
     return runs
 
 
-# Tiles of the packed search: the DP runs once per tile of whole queries (<= TILE_ROWS frames) x whole
-# documents (<= TILE_COLS frames), one OpenMP region each: few regions, since on a busy machine every
-# region's end waits for its slowest thread's time slice. The tile's GEMM runs GEMM_ROWS rows at a time,
-# blocks of 256 x 2048 float32 distances (2 MB) that stay in a core's L2 and run as fast as larger GEMMs
-# (K = 768); the DP then reads the tile (16 MB at most) back from L3.
-TILE_ROWS, TILE_COLS, GEMM_ROWS = 2048, 2048, 256
+# Tiles of the packed search: one GEMM and one DP pass (one OpenMP region each) per tile of whole queries
+# (<= TILE_ROWS frames) x whole documents (<= TILE_COLS frames). 256 x 2048 float32 distances (2 MB)
+# stay in a core's L2 from the GEMM to the DP: on one thread this took 0.83x the CPU time of 2048 x 4096
+# tiles (16 MB, L3). On a machine loaded far past its cores the many regions cost instead (each region's
+# end waits for its slowest thread's time slice): at load 11 on 2 cores the large tiles were 1.08x the
+# floor, these 1.31x (benchmarks/README.md).
+TILE_ROWS, TILE_COLS = 256, 2048
 
 
 def _packed_costs(
@@ -236,8 +237,8 @@ def _packed_costs(
 
     Queries and documents are packed end to end ((sum N, D) and (sum M, D)); the distance matrix is
     computed one tile at a time (whole queries x whole documents, at most TILE_ROWS x TILE_COLS frames
-    or ``batch_queries`` x ``batch_docs`` sequences, GEMM_ROWS rows per GEMM), then the tile's pairs
-    run by :func:`qbe_cpu.dtw_tile` while the tile is in cache.
+    or ``batch_queries`` x ``batch_docs`` sequences), then the tile's pairs run by
+    :func:`qbe_cpu.dtw_tile` while the tile is in cache.
     """
     q_lens = np.array([q.shape[0] for q in query_feats], dtype=np.int64)
     d_lens = np.array([d.shape[0] for d in doc_feats], dtype=np.int64)
@@ -255,9 +256,7 @@ def _packed_costs(
         c = docs_t.shape[1]
         for q0, q1 in q_tiles:
             r0, r1 = int(q_starts[q0]), int(q_starts[q1 - 1] + q_lens[q1 - 1])
-            tile = buf[: (r1 - r0) * c].view(r1 - r0, c)
-            for g in range(0, r1 - r0, GEMM_ROWS):
-                torch.addmm(one, queries[r0 + g : min(r0 + g + GEMM_ROWS, r1)], docs_t, alpha=-1.0, out=tile[g : g + GEMM_ROWS])
+            tile = torch.addmm(one, queries[r0:r1], docs_t, alpha=-1.0, out=buf[: (r1 - r0) * c].view(r1 - r0, c))
             qbe_cpu.dtw_tile(tile, q_starts[q0:q1] - r0, q_lens[q0:q1], d_starts[d0:d1] - d_starts[d0], d_lens[d0:d1],
                              out, np.arange(q0, q1) * len(doc_feats), np.arange(d0, d1))
     return out
