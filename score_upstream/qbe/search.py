@@ -221,12 +221,12 @@ def _tiles(lengths: np.ndarray, frames: int, count: int) -> list[tuple[int, int]
 
 
 # Tiles of the packed search: one GEMM and one DP pass (one OpenMP region each) per tile of whole queries
-# (<= TILE_ROWS frames) x whole documents (<= TILE_COLS frames). 256 x 2048 float32 distances (2 MB)
-# stay in a core's L2 from the GEMM to the DP: on one thread this took 0.83x the CPU time of 2048 x 4096
-# tiles (16 MB, L3). On a machine loaded far past its cores the many regions cost instead (each region's
-# end waits for its slowest thread's time slice): at load 11 on 2 cores the large tiles were 1.08x the
-# floor, these 1.31x (benchmarks/README.md).
-TILE_ROWS, TILE_COLS = 256, 2048
+# (<= TILE_ROWS frames) x whole documents (<= TILE_COLS frames), 8 MB of float32 distances at most, read
+# back by the DP from L3. Measured on 50 x 200 queries x documents (benchmarks/README.md): on one thread
+# these tiles took the CPU time of 256 x 2048 ones (2 MB, L2) and 0.85x that of 1024 x 4096 ones; on
+# 2 threads of a machine loaded far past its cores, where every region's end waits for its slowest
+# thread's time slice, 1.28x the floor against 2.98x for the 256 x 2048 tiles' many regions.
+TILE_ROWS, TILE_COLS = 1024, 2048
 
 
 def _packed_costs(
