@@ -2,7 +2,9 @@
 
 One fused pass per (query, document) pair, OpenMP across pairs, SIMD along the document axis, two
 rolling DP rows per pair; it replaces the torch ``aminmax`` + ``exp`` + row-by-row DP of
-:func:`score_upstream.qbe.search.block_dtw_costs` on CPU. Built on first use by
+:func:`score_upstream.qbe.search.block_dtw_costs` on CPU; the packed search
+(:func:`score_upstream.qbe.search.qbe_scores`, backend ``"cpp"``) calls :func:`dtw_tile` once per tile of
+its distance matrix. Built on first use by
 :func:`score_upstream.native.load_library` (``SCORE_QBE_NO_BUILD=1`` disables it) and called
 through :mod:`ctypes` (which releases the GIL)::
 
