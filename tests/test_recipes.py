@@ -301,13 +301,13 @@ def test_require_file_stops_with_one_line(tmp_path):
     assert proc.stderr.strip() == f"error: t: missing best checkpoint: {tmp_path}/x.ckpt; rerun with --stage 2"
 
 
-def test_for_each_seed_runs_every_seed_side_by_side_and_names_failures(tmp_path):
+def test_for_each_run_runs_every_seed_side_by_side_and_names_failures(tmp_path):
     script = (
-        f'dir="{tmp_path}"; seeds="0 1 2"; jobs="$1"\n'
-        'seed_paths() { seed="$1"; run_dir="$dir/seed$1"; }\n'
+        f'dir="{tmp_path}"; seeds="0 1 2"; jobs="$1"; lrs=; sweep=false\n'
+        'run_paths() { lr="$1"; seed="$2"; run_dir="$dir/seed$2"; }\n'
         'work() { mkdir -p "$run_dir"; echo "$OMP_NUM_THREADS" > "$run_dir/threads"; echo "test per: 0.$seed"\n'
         '         [ "$seed" != "${2-}" ] || { echo "boom in $seed" >&2; exit 7; }; }\n'
-        'OMP_NUM_THREADS=4 for_each_seed work\n'
+        'OMP_NUM_THREADS=4 for_each_run work\n'
     )
     ok = _bash(script, "2")
     assert ok.returncode == 0, ok.stderr
@@ -361,7 +361,7 @@ def test_pr_recipe_per_seed_stages_rerun_and_unfinished_runs(tiny_corpus, tiny_h
     # a second seed: data preparation and seed 3 are marked done and skipped, seed 5 runs
     more = _run([RECIPES / "pr.sh", *args, "--seeds", "3 5"])
     assert more.returncode == 0 and more.stderr.count("(done, skipping") == 4, more.stderr[-2000:]
-    assert "Stage 2: train (seed 5)" in more.stderr and _run_seed(exp / "pr" / "seed5") == 5
+    assert "Stage 2: train (seed 5, lr " in more.stderr and _run_seed(exp / "pr" / "seed5") == 5
     assert json.loads((run / "result.json").read_text()) == result
     from score_upstream.report.results import read_experiment
 
@@ -497,7 +497,7 @@ def test_run_superb_demo_fills_every_cell(tmp_path):
     for name, row in rows.items():
         for column in ("PER % (PR)", "MTWV (QbE)", "QbE layer", "MTWV last layer", "PR vs HuBERT", "QbE vs HuBERT"):
             assert row[column] not in ("", "missing"), (name, column, row[column])
-        assert row["PER % (PR)"].endswith("(n=3)")
+        assert row["PER % (PR)"].endswith("(n=6)")
         if name != "HuBERT":
             assert float(row["Speech h"]) > 0 and row["Method"] == name.lower()
     assert not list((REPO / "exp" / "demo").glob("*/feature-cache"))
