@@ -2,7 +2,7 @@
 # SUPERB ASR, PR and QbE for a list of upstreams, then the table of relative improvements.
 #
 #   ./run_superb.sh --demo        # synthetic corpus, the shipped small pre-trained HuBERT, SCORE, LASER and
-#                                 # SPIN, CPU: 11 min on 2 cores (--methods score: SCORE alone)
+#                                 # SPIN, CPU: 13 min on 2 cores (--methods score: SCORE alone)
 #
 #   ./run_superb.sh --librispeech /data/LibriSpeech --quesst-root /data/quesst14Database \
 #       --lexicon /data/librispeech-lexicon.txt \

@@ -478,7 +478,7 @@ def _markdown_tables(text: str, header_start: str) -> dict[str, dict[str, str]]:
 
 @pytest.mark.slow
 def test_run_superb_demo_fills_every_cell(tmp_path):
-    """The README's main command, end to end (about 12 minutes on 2 CPU cores): every PR and QbE cell of the
+    """The README's main command, end to end (about 13 minutes on 2 CPU cores): every PR and QbE cell of the
     four rows is filled (ASR is off by default in the demo), the method rows say how much speech they
     processed, and the paired-difference and invariance outputs exist; the per-model feature folders are gone."""
     proc = _run([REPO / "run_superb.sh", "--demo", "--setup", "false"], timeout=3600)  # pytest runs inside .venv
