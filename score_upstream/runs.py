@@ -117,8 +117,9 @@ def write_manifest(task_dir: Path, task: str, seeds: list[int], last_stage: int,
     return data
 
 
-def read_manifest(task_dir: str | os.PathLike) -> dict | None:
-    """``TASK_DIR/manifest.json`` as written by :func:`write_manifest`; None when absent or unreadable (warned)."""
+def read_manifest(task_dir: str | os.PathLike, warn: bool = True) -> dict | None:
+    """``TASK_DIR/manifest.json`` as written by :func:`write_manifest`; None when absent or unreadable (warned
+    unless ``warn`` is false: a second reader of a manifest :func:`manifest_runs` already warned about)."""
     path = Path(task_dir) / MANIFEST
     if not path.is_file():
         return None
@@ -129,7 +130,8 @@ def read_manifest(task_dir: str | os.PathLike) -> dict | None:
         if not isinstance(data.get("keys", {}), dict) or not isinstance(data.get("runs_in", ""), str):
             raise TypeError("'keys' must be an object and 'runs_in' a folder name")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        logger.warning("%s: unreadable (%s: %s); reading every seed folder", path, type(e).__name__, e)
+        if warn:
+            logger.warning("%s: unreadable (%s: %s); reading every seed folder", path, type(e).__name__, e)
         return None
     return data
 
@@ -171,16 +173,11 @@ def manifest_runs(task_dir: str | os.PathLike) -> dict[int, Path] | None:
     return kept
 
 
-def manifest_seeds(task_dir: str | os.PathLike) -> list[int] | None:
-    """The seeds of :func:`manifest_runs` (None without a manifest)."""
-    runs = manifest_runs(task_dir)
-    return None if runs is None else sorted(runs)
-
-
 def chosen_lr(task_dir: str | os.PathLike) -> dict | None:
     """``{"lr", "lrs", "dev_metric", "dev"}`` of a sweep's manifest (the rate chosen on dev and every rate's mean
-    dev value), or None when the last run was not a sweep."""
-    data = read_manifest(task_dir)
+    dev value), or None when the last run was not a sweep. Read after :func:`manifest_runs`, which warned about
+    an unreadable manifest already."""
+    data = read_manifest(task_dir, warn=False)
     if not data or len(data.get("lrs") or []) < 2 or "dev" not in data:
         return None
     return {k: data[k] for k in ("lr", "lrs", "dev_metric", "dev")}
