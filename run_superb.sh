@@ -56,7 +56,6 @@
 set -euo pipefail
 SCORE_RECIPE=run_superb
 DEMO_ASR_STEPS=1000  # demo ASR updates (small BLSTM; fewer leave WER at 100 %)
-DEMO_PR_STEPS=400    # demo PR updates (linear head on cached features)
 DEMO_SEEDS="0 1 2 3 4 5"  # demo downstream seeds: PR's paired intervals narrow with n (see run_demo)
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$root/recipes/lib/common.sh"
@@ -272,11 +271,7 @@ run_demo() {
   # lr 1e-3 rather than SUPERB's 1e-4: at 1e-4 the BLSTM still emits only blanks (WER 100 %) after 400 updates;
   # 1,000 updates at 1e-3 gave test WER 81.6 % for the shipped model (one seed, ~17 CPU minutes)
   asr_opts=(-o "config.downstream_expert.modelrc.RNNs.dim=[128,128]" -o "config.optimizer.lr=1e-3" --batch-size 8 --num-workers 0)
-  # s3prl's default PR learning rate (1e-2) rather than the SCORE authors' 5e-4: a few hundred updates
-  # must show something on CPU; decayed linearly to 0 (s3prl's linear_schedule_with_warmup, no warm-up):
-  # on dev, 400 updates gave PER 42.8 +/- 1.6 (HuBERT, 5 seeds) instead of 43.9 +/- 2.9 (3 seeds) at a constant rate
-  pr_opts=(--batch-size 8 --lr 1e-2 --num-workers 0 -o "config.runner.gradient_accumulate_steps=1"
-    -o "config.scheduler.name=linear_schedule_with_warmup" -o "config.scheduler.num_warmup_steps=0")
+  pr_opts=("${DEMO_PR_OPTS[@]}")  # the demo's PR settings (recipes/lib/common.sh)
   results_opts=(--no-reported --title "SUPERB demo: SCORE, LASER and SPIN vs their starting HuBERT" \
     --banner "DEMO numbers: synthetic speech, a 3M-parameter HuBERT pre-trained on 3 h of it, CPU budgets; not HuBERT Base on LibriSpeech")
   # every process on one thread, many side by side: the numbers do not depend on the machine's cores, and

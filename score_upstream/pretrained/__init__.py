@@ -14,7 +14,8 @@ Usage::
     provenance()["pretrain"]["valid"]            # held-out masked accuracy at the end
 
     python -m score_upstream.pretrained package exp/pretrain/iter2/hubert.pt OUT.pt --recipe "..."
-    python -m score_upstream.pretrained show     # the provenance of the shipped model
+    python -m score_upstream.pretrained attach-profile OUT.pt EXPDIR/profile.json  # recipes/pretrain/profile.sh
+    python -m score_upstream.pretrained show     # the provenance of the shipped model, with its layer profile
 """
 
 from __future__ import annotations
@@ -41,7 +42,18 @@ def provenance(path: str | Path = SMALL_SYNTH) -> dict:
     if not path.is_file():
         raise PretrainedError(f"{path}: the packaged pre-trained model is missing; make it with recipes/pretrain/run.sh")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: state.get(k, {}) for k in ("pretrain", "package")}
+    return {k: state.get(k, {}) for k in ("pretrain", "package", "profile")}
+
+
+def weights_digest(state: dict) -> str:
+    """SHA-256 over a converted checkpoint's ``model_weight`` (names, dtypes, shapes and bytes, in name order):
+    the identity of the weights, unchanged when other entries of the file (its provenance) are rewritten."""
+    h = hashlib.sha256()
+    for name in sorted(state["model_weight"]):
+        t = state["model_weight"][name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def package(src: str | Path, dst: str | Path, recipe: str) -> Path:
@@ -50,7 +62,6 @@ def package(src: str | Path, dst: str | Path, recipe: str) -> Path:
     The ``package`` entry records the recipe command, the source file's SHA-256, the time and the
     ``score-upstream`` commit; ``pretrain`` (written by ``score-pretrain``) is kept as it is.
     """
-    from score_upstream.atomic import atomic_save, atomic_write_bytes
     from score_upstream.report.results import provenance as run_provenance
 
     src, dst = Path(src), Path(dst)
@@ -62,12 +73,39 @@ def package(src: str | Path, dst: str | Path, recipe: str) -> Path:
     state["package"] = {"recipe": recipe, "source": str(src), "source_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
                         "weights": "float16", "time_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
                         "commit": prov.get("git_commit", "unknown"), "versions": prov.get("versions", "")}
+    _write(state, dst)
+    return dst
+
+
+def _write(state: dict, dst: Path) -> None:
+    """The packaged model and its ``.json`` summary (provenance without the training config), atomically."""
+    from score_upstream.atomic import atomic_save, atomic_write_bytes
+
     atomic_save(state, dst)
-    summary = {k: state[k] for k in ("pretrain", "package")}
+    summary = {k: state[k] for k in ("pretrain", "package", "profile") if k in state}
     summary["pretrain"] = {k: v for k, v in summary["pretrain"].items() if k != "config"}
     text = json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n"
     atomic_write_bytes(text.encode(), dst.with_suffix(".json"))
-    return dst
+
+
+def attach_profile(path: str | Path, profile_json: str | Path) -> dict:
+    """Store a layer profile (``recipes/pretrain/profile.sh``'s ``profile.json``) in the packaged model it
+    measured, under ``profile``; refuses a profile of other weights (its ``weights_sha256``)."""
+    path, profile_json = Path(path), Path(profile_json)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "model_weight" not in state or "package" not in state:
+        raise PretrainedError(f"{path}: expected a packaged model (python -m score_upstream.pretrained package)")
+    try:
+        prof = json.loads(profile_json.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise PretrainedError(f"{profile_json}: not a profile (invalid JSON: {e})") from None
+    digest = weights_digest(state)
+    if prof.get("weights_sha256") != digest:
+        raise PretrainedError(f"{profile_json} measured other weights (weights_sha256 {prof.get('weights_sha256')}, "
+                              f"{path}: {digest}); profile this model: recipes/pretrain/profile.sh --ckpt {path}")
+    state["profile"] = prof
+    _write(state, path)
+    return prof
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,12 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--recipe", required=True, help="the command that made src (recorded)")
-    s = sub.add_parser("show", help="print a packaged model's provenance")
+    a = sub.add_parser("attach-profile", help="store a layer profile (recipes/pretrain/profile.sh) in the packaged model it measured")
+    a.add_argument("path")
+    a.add_argument("profile_json")
+    s = sub.add_parser("show", help="print a packaged model's provenance and layer profile")
     s.add_argument("path", nargs="?", default=str(SMALL_SYNTH))
     args = ap.parse_args(argv)
     try:
         if args.cmd == "package":
             print(package(args.src, args.dst, args.recipe))
+        elif args.cmd == "attach-profile":
+            prof = attach_profile(args.path, args.profile_json)
+            print(f"{args.path}: layer profile attached (HuBERT-like: {'yes' if prof.get('hubert_like') else 'no'})")
         else:
             print(json.dumps(provenance(args.path), indent=1, sort_keys=True, default=str))
     except (PretrainedError, OSError) as e:
