@@ -525,6 +525,9 @@ def pretrain(config, data, out, overrides=(), allow_config_change: bool = False,
 
 def main(argv: list[str] | None = None) -> int:
     """``score-pretrain CONFIG.yaml --data ROOT --out DIR [key=value ...]``."""
+    from score_upstream.native import keep_freed_memory
+
+    keep_freed_memory()  # before the first large tensor: freed activations are reused, not re-faulted
     from score_upstream.cliparse import ScoreArgumentParser
 
     ap = ScoreArgumentParser(prog="score-pretrain", description=__doc__.split("\n\n")[0], examples=[

@@ -180,6 +180,9 @@ def _search_and_write(queries, docs, query_names, doc_names, out: Path, args) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``score-qbe``: see the module docstring; ``score-qbe --help`` lists the options."""
+    from score_upstream.native import keep_freed_memory
+
+    keep_freed_memory()  # before the first large tensor: freed activations are reused, not re-faulted
     from score_upstream.cliparse import ScoreArgumentParser
 
     p = ScoreArgumentParser(prog="score-qbe", description="QUESST14 query-by-example search (s3prl quesst14_dtw scores).",

@@ -310,6 +310,9 @@ def parse_model(spec: str) -> tuple[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """``score-invariance --model NAME=CKPT... --split DIR [--utterances N] [--seed S] [--out DIR]``."""
+    from score_upstream.native import keep_freed_memory
+
+    keep_freed_memory()  # before the first large tensor: freed activations are reused, not re-faulted
     from score_upstream.cliparse import ScoreArgumentParser
 
     parser = ScoreArgumentParser(prog="score-invariance", description=__doc__.split("\n\n")[0], examples=[

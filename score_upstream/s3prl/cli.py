@@ -138,6 +138,9 @@ def upstreams_only(hub) -> types.SimpleNamespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run s3prl's ``run_downstream`` main; returns the exit status."""
+    from score_upstream.native import keep_freed_memory
+
+    keep_freed_memory()  # before the first large tensor: freed activations are reused, not re-faulted
     argv = list(sys.argv[1:] if argv is None else argv)
     from score_upstream.s3prl.compat import CompatError
     from score_upstream.models.formats import CheckpointError

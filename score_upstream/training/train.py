@@ -632,6 +632,9 @@ def train(config: str | os.PathLike | TrainConfig | None, data: str | os.PathLik
 
 def main(argv: list[str] | None = None) -> int:
     """``score-train CONFIG.yaml --data LIBRISPEECH_ROOT (--out DIR [--overwrite] | --plan) [key=value ...]``."""
+    from score_upstream.native import keep_freed_memory
+
+    keep_freed_memory()  # before the first large tensor: freed activations are reused, not re-faulted
     from score_upstream.cliparse import ScoreArgumentParser
 
     ap = ScoreArgumentParser(prog="score-train", description=__doc__.split("\n\n")[0], examples=[
