@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
 RECIPES = [REPO / "run_superb.sh", REPO / "recipes" / "asr.sh", REPO / "recipes" / "pr.sh", REPO / "recipes" / "qbe.sh",
-           REPO / "recipes" / "pretrain" / "run.sh"]
+           REPO / "recipes" / "pretrain" / "run.sh", REPO / "recipes" / "pretrain" / "profile.sh"]
 MARKUP = re.compile(r"``|:(func|class|mod|meth|data):`")
 # inputs in the repository a help text names (outputs such as results/demo excepted); each must exist (placeholders such as <name> or METHOD excepted)
 REPO_PATH = re.compile(r"(?<![\w/.])((?:recipes|score_upstream|docs)/[\w./-]+)")

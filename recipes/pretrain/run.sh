@@ -16,6 +16,8 @@
 #   2 iteration 1:  score-pretrain RECIPE_iter1.yaml (MFCC k-means units)        -> EXP/iter1/hubert.pt
 #   3 iteration 2:  score-pretrain RECIPE_iter2.yaml (iteration-1 layer units)   -> EXP/iter2/hubert.pt
 #   4 package:      float16 weights + provenance                                 -> OUT
+#   5 profile:      recipes/pretrain/profile.sh on the demo's dev split (QbE per layer, a PR probe per
+#                   layer), stored in OUT (python -m score_upstream.pretrained show prints it) -> EXP/profile
 #
 # Options (default in brackets):
 #   --recipe NAME         recipes/pretrain/NAME_iter1.yaml and NAME_iter2.yaml: small or small_v2 [small]
@@ -26,15 +28,16 @@
 #   --out PATH            packaged model [score_upstream/pretrained/hubert_small_synth.pt;
 #                         small_v2: exp/pretrain_small_v2/hubert_small_v2_synth.pt]
 #   --iterations N        1 or 2 HuBERT iterations [2]
+#   --profile-data DIR    the demo corpus for stage 5, made there when missing [data/demo]
 #   --force BOOL          rerun stages already marked done [false]
-#   --stage N / --stop-stage M   first and last stage to run [1 / 4]
+#   --stage N / --stop-stage M   first and last stage to run [1 / 5]
 set -euo pipefail
 SCORE_RECIPE=pretrain
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 source "$root/recipes/lib/common.sh"
 
 stage=1            # first stage to run
-stop_stage=4       # last stage to run
+stop_stage=5       # last stage to run
 recipe=small      # recipes/pretrain/RECIPE_iter{1,2}.yaml
 data=data/pretrain # pre-training corpus
 seed=1             # corpus seed
@@ -42,8 +45,9 @@ demo_seed=0        # the demo corpus whose voices stay out
 exp=""             # experiment folder (empty: the recipe's)
 out=""             # packaged model (empty: the recipe's)
 iterations=2       # HuBERT iterations
+profile_data=data/demo  # the demo corpus whose dev split the layer profile reads
 force=false        # rerun finished stages
-OPTIONS="stage stop_stage recipe data seed demo_seed exp out iterations force"
+OPTIONS="stage stop_stage recipe data seed demo_seed exp out iterations profile_data force"
 parse_options "$@"
 [ ${#ARGS[@]} -eq 0 ] || die "unexpected argument: ${ARGS[0]} (see --help)"
 [[ "$iterations" =~ ^[12]$ ]] || die "--iterations must be 1 or 2, got '$iterations'"
@@ -71,6 +75,10 @@ stage_iter2() {
   score-pretrain "$iter2_yaml" --data "$data" --out "$exp/iter2" resume=auto \
     "labels.model=$exp/iter1/hubert.pt" || exit 2
 }
+stage_profile() {
+  "$root/recipes/pretrain/profile.sh" --ckpt "$out" --expdir "$exp/profile" --data "$profile_data" || exit 2
+  "$(score_python)" -m score_upstream.pretrained attach-profile "$out" "$exp/profile/profile.json" || exit 2
+}
 stage_package() {
   local final="$exp/iter1/hubert.pt"
   [ "$iterations" = 1 ] || final="$exp/iter2/hubert.pt"
@@ -88,4 +96,6 @@ else
   run_stage 3 "iteration 2: skipped (--iterations 1)" true
 fi
 run_stage 4 "package: $exp/iter$iterations/hubert.pt -> $out" stage_package
+# keyed on the earlier stages (the package's source), not on OUT's bytes, which storing the profile changes
+run_stage 5 "layer profile on the demo's dev split (recipes/pretrain/profile.sh) -> $exp/profile, stored in $out" stage_profile
 log "done: $out"
