@@ -118,3 +118,25 @@ def test_labels_follow_the_content_of_the_clustered_model(pretrained, tiny_corpu
     second = Pretrainer(cfg, tiny_corpus, tmp_path / "run").labels
     assert "made from other inputs" in caplog.text
     assert second["key"]["model_sha256"] != first["key"]["model_sha256"]
+
+
+def test_an_iteration_can_start_from_the_previous_model(pretrained, tiny_corpus, tmp_path):
+    from score_upstream.models.hubert import load_hubert, new_hubert, save_s3prl, tiny_model_cfg
+    from score_upstream.pretrain.trainer import HEAD
+
+    out, _, _, _ = pretrained
+    prev = load_hubert(out / "hubert.pt").model.state_dict()
+    cfg = load_pretrain_config(RECIPE, FAST + ["labels.features=hubert", f"labels.model={out / 'hubert.pt'}",
+                                               "labels.layer=1", f"model.init={out / 'hubert.pt'}"])
+    trainer = Pretrainer(cfg, tiny_corpus, tmp_path / "warm")
+    fresh = Pretrainer(load_pretrain_config(RECIPE, FAST + ["labels.features=hubert", f"labels.model={out / 'hubert.pt'}",
+                                                            "labels.layer=1"]), tiny_corpus, tmp_path / "cold")
+    state, cold = trainer.model.state_dict(), fresh.model.state_dict()
+    body = [k for k in state if not k.startswith(HEAD)]
+    assert body and all(torch.equal(state[k], prev[k]) for k in body)  # every weight but the head: the previous model's
+    assert all(torch.equal(state[k], cold[k]) for k in state if k.startswith(HEAD))  # the head: a fresh start's
+
+    other = tmp_path / "wide.pt"
+    save_s3prl(new_hubert(tiny_model_cfg(encoder_embed_dim=64, encoder_ffn_embed_dim=128)), other)
+    with pytest.raises(PretrainError, match=r"model.init=.*wide.pt: not the architecture of this recipe's model"):
+        Pretrainer(load_pretrain_config(RECIPE, FAST + [f"model.init={other}"]), tiny_corpus, tmp_path / "bad")

@@ -30,6 +30,10 @@ class PretrainModelConfig:
 
     arch: Literal["tiny", "small", "base"] = "small"  # tiny_model_cfg / small_model_cfg / base_model_cfg
     overrides: dict = field(default_factory=dict)  # HubertConfig fields over the arch's (e.g. encoder_layers)
+    # a HuBERT (any format) whose weights start this iteration instead of a fresh initialisation; the
+    # prediction head (final_proj, label embeddings) starts fresh, the new labels being other units.
+    # "": from scratch (fairseq: every iteration)
+    init: str = ""
 
 
 @dataclass

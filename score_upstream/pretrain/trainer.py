@@ -84,6 +84,25 @@ def model_cfg_for(cfg: PretrainConfig) -> dict:
     return make[cfg.model.arch](**cfg.model.overrides)
 
 
+HEAD = ("final_proj.", "label_embs_concat")  # the prediction head: tied to the labels, started fresh
+
+
+def start_from(model: torch.nn.Module, init: str | os.PathLike) -> None:
+    """Load every weight of the HuBERT at ``init`` but the prediction head into ``model`` (model.init); the
+    two must have the same architecture."""
+    from score_upstream.models.hubert import load_hubert
+
+    src = load_hubert(init).model.state_dict()
+    own = model.state_dict()
+    body = [k for k in own if not k.startswith(HEAD)]
+    wrong = [k for k in body if k not in src or src[k].shape != own[k].shape]
+    if wrong:
+        raise PretrainError(f"model.init={init}: not the architecture of this recipe's model (missing or other shape: "
+                            f"{', '.join(wrong[:4])}{'...' if len(wrong) > 4 else ''})")
+    model.load_state_dict({k: src[k] for k in body}, strict=False)
+    logger.info("model.init: %d weights from %s; the prediction head starts fresh", len(body), init)
+
+
 # ---------------------------------------------------------------------------------------------- objective
 def prediction_sums(logit_m: torch.Tensor, logit_u: torch.Tensor) -> dict:
     """Summed cross-entropy, frame counts and correct frames of HubertModel's logits.
@@ -282,6 +301,8 @@ class Pretrainer:
         self.model_cfg = model_cfg_for(cfg)
         task = tiny_task_cfg(label_rate=50.0, sample_rate=sr)
         self.bundle = new_hubert(self.model_cfg, task, seed=cfg.seed, symbols=cluster_symbols(cfg.labels.clusters))
+        if cfg.model.init:
+            start_from(self.bundle.model, cfg.model.init)
         self.model = self.bundle.model.to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if self.world > 1:
