@@ -7,7 +7,7 @@ error naming the key, before any data or model is touched. Defaults are HuBERT's
 speech where it does not (measured, recipes/README.md: the loss on unmasked frames, mask_prob 0.65,
 feature_grad_mult 1.0).
 
-Three keys keep the behaviour that made the shipped model (``recipes/pretrain/small_iter*.yaml`` set them):
+Three keys keep the behaviour that made the model shipped before (``recipes/pretrain/small_iter*.yaml`` set them):
 ``loss.normalisation: masked_frames``, ``labels.mfcc_rate: 50`` and the k-means sample
 ``labels.kmeans_fraction: 1.0, labels.max_frames: 300000, labels.n_init: 5``. The defaults are fairseq's.
 
@@ -45,7 +45,7 @@ class LabelConfig:
     layer: int = 4  # features=hubert: transformer layer (1-based) whose output is clustered
     clusters: int = 100  # HuBERT Base: 100 (iteration 1), 500 (iteration 2)
     # features=mfcc: MFCC frames per second. 100: fairseq's iteration 1 (25 ms window, 10 ms shift,
-    # label_rate 100; model frame i takes label 2i); 50: a 20 ms shift, one label per model frame (shipped model)
+    # label_rate 100; model frame i takes label 2i); 50: a 20 ms shift, one label per model frame (the model shipped before)
     mfcc_rate: Literal[50, 100] = 100
     # k-means is fitted on the frames of this fraction of the training utterances (fairseq learn_kmeans
     # --percent 0.1); 1.0: all of them. All frames are labelled.
@@ -72,7 +72,7 @@ class PretrainLossConfig:
     features_penalty: float = 10.0  # weight of the L2 penalty on the CNN features (fairseq loss_weights)
     # sample_size: fairseq's criterion, (CE_m + w CE_u + penalty x sample_size) / sample_size with
     # sample_size = masked frames (+ unmasked frames when w > 0); masked_frames: (CE_m + w CE_u) / masked
-    # frames + penalty (the shipped model)
+    # frames + penalty (the model shipped before)
     normalisation: Literal["sample_size", "masked_frames"] = "sample_size"
 
 

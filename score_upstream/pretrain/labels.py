@@ -11,7 +11,7 @@ shift of ``hop`` samples yields ``floor((T - 400) / hop) + 1`` frames. fairseq's
 shift (100 Hz, ``label_rate: 100``); its ``HubertModel.forward_targets`` gives model frame ``i`` (hop 320,
 50 Hz) the label ``i * label_rate / 50 = 2i``, whose window starts at the same sample, and keeps only the
 first ``floor(labels / 2)`` model frames of an utterance (:func:`usable_frames`). A 20 ms shift (50 Hz)
-yields exactly the CNN's ``floor((T - 400) / 320) + 1`` frames, one label each (the shipped model's labels).
+yields exactly the CNN's ``floor((T - 400) / 320) + 1`` frames, one label each (the labels of the model shipped before).
 
 Example::
 

@@ -2,9 +2,9 @@
 
 Run::
 
-    score-pretrain recipes/pretrain/small_iter1.yaml --data data/pretrain --out exp/pretrain/iter1
-    score-pretrain recipes/pretrain/small_iter2.yaml --data data/pretrain --out exp/pretrain/iter2 \\
-        labels.model=exp/pretrain/iter1/hubert.pt
+    score-pretrain recipes/pretrain/small_v2_iter1.yaml --data data/pretrain --out exp/pretrain_small_v2/iter1
+    score-pretrain recipes/pretrain/small_v2_iter2.yaml --data data/pretrain --out exp/pretrain_small_v2/iter2 \\
+        labels.model=exp/pretrain_small_v2/iter1/hubert.pt
     torchrun --nproc_per_node 4 -m score_upstream.pretrain.trainer CONFIG.yaml --data ... --out ...
     score-pretrain CONFIG.yaml --data ... --out DIR resume=auto                     # continue
     score-pretrain CONFIG.yaml --data ... --out DIR --overwrite            # delete the folder's run, start over
@@ -125,7 +125,7 @@ def objective(ce_m: torch.Tensor, ce_u: torch.Tensor, pen: torch.Tensor, n_m: in
     ``loss.normalisation="sample_size"`` (fairseq ``HubertCriterion``, with ``pred_masked_weight`` 1):
     ``(CE_m + w CE_u + features_penalty * pen * n) / N`` where ``n`` = this process's masked frames (+ its
     unmasked frames when ``w = loss.unmasked_weight > 0``) and ``N`` the same over all processes (fairseq
-    sums loss and sample_size over GPUs, then divides). ``"masked_frames"`` (the shipped model):
+    sums loss and sample_size over GPUs, then divides). ``"masked_frames"`` (the model shipped before):
     ``(CE_m + w CE_u) / total_m + features_penalty * pen / world``.
 
     Args:
@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = ScoreArgumentParser(prog="score-pretrain", description=__doc__.split("\n\n")[0], examples=[
         "score-pretrain recipes/pretrain/tiny.yaml --data data/demo --out exp/pretrain_tiny",
-        "recipes/pretrain/run.sh   # both iterations of the shipped small model"])
+        "recipes/pretrain/run.sh   # every iteration of the shipped small model"])
     ap.add_argument("config", help="YAML recipe, e.g. recipes/pretrain/small_iter1.yaml")
     ap.add_argument("--data", required=True, help="directory holding LibriSpeech/<subset>/ (or the subsets)")
     ap.add_argument("--out", required=True, help="output directory (labels, checkpoints, logs, hubert.pt); one run "

@@ -1,10 +1,11 @@
 """The small HuBERT this project pre-trains on its own synthetic speech, shipped as the demo's starting model.
 
 No real HuBERT can be downloaded where the demo runs, so ``recipes/pretrain/run.sh`` makes one the way
-HuBERT is made (two iterations of masked prediction of k-means units, :mod:`score_upstream.pretrain`)
+HuBERT is made (three iterations of masked prediction of k-means units, :mod:`score_upstream.pretrain`)
 on a synthetic corpus whose voices the demo never uses, and packages it here in s3prl's converted
-format with float16 weights (loaded into float32 models) and its provenance under the ``pretrain`` and
-``package`` keys. Any HuBERT loader of this project, s3prl's stock ``hubert_local`` and, after
+format with float16 weights (loaded into float32 models), its provenance under the ``pretrain`` and
+``package`` keys and its layer profile on the demo's dev split under ``profile``
+(:mod:`score_upstream.pretrain.profile`). Any HuBERT loader of this project, s3prl's stock ``hubert_local`` and, after
 ``score-convert --to hf``, transformers read it.
 
 Usage::
@@ -13,7 +14,7 @@ Usage::
     bundle = score_upstream.models.hubert.load_hubert(SMALL_SYNTH)
     provenance()["pretrain"]["valid"]            # held-out masked accuracy at the end
 
-    python -m score_upstream.pretrained package exp/pretrain/iter2/hubert.pt OUT.pt --recipe "..."
+    python -m score_upstream.pretrained package exp/pretrain_small_v2/iter3/hubert.pt OUT.pt --recipe "..."
     python -m score_upstream.pretrained attach-profile OUT.pt EXPDIR/profile.json  # recipes/pretrain/profile.sh
     python -m score_upstream.pretrained show     # the provenance of the shipped model, with its layer profile
 """
