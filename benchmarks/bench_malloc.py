@@ -34,9 +34,11 @@ def _run(config: str, data: Path, out: Path, updates: int, threads: int, malloc:
         env["SCORE_MALLOC"] = malloc
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     cmd = [sys.executable, "-m", "score_upstream.pretrain.trainer", config, "--data", str(data), "--out", str(out),
-           f"optim.total_steps={updates}", "log_every=1", f"valid_every={10 * updates}", f"save_every={10 * updates}",
+           f"optim.total_steps={updates}", "optim.warmup_steps=0", "log_every=1", f"valid_every={10 * updates}", f"save_every={10 * updates}",
            "progress=false"]
-    subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=REPO)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(out / "train_log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
