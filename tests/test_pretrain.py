@@ -121,8 +121,8 @@ def test_labels_follow_the_content_of_the_clustered_model(pretrained, tiny_corpu
 
 
 def test_an_iteration_can_start_from_the_previous_model(pretrained, tiny_corpus, tmp_path):
+    from score_upstream.models.hubert import PREDICTION_HEAD as HEAD
     from score_upstream.models.hubert import load_hubert, new_hubert, save_s3prl, tiny_model_cfg
-    from score_upstream.pretrain.trainer import HEAD
 
     out, _, _, _ = pretrained
     prev = load_hubert(out / "hubert.pt").model.state_dict()

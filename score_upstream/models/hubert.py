@@ -47,6 +47,9 @@ __all__ = [
 TINY_CONV_LAYERS = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
 SMALL_CONV_LAYERS = "[(128,10,5)] + [(128,3,2)] * 4 + [(128,2,2)] * 2"
 BASE_CONV_LAYERS = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
+# the pre-training prediction head's parameter-name prefixes: tied to the label set, so a checkpoint may
+# lack them (a fine-tuned or converted model) and a new HuBERT iteration starts them fresh
+PREDICTION_HEAD = ("label_embs_concat", "final_proj.")
 
 
 @dataclass
@@ -228,7 +231,7 @@ def bundle_from_raw(raw: RawHubert) -> HubertBundle:
     """Build the model a :class:`RawHubert` describes and load its weights (eval mode, CPU)."""
     model = build_model(raw.model_cfg, raw.task_cfg, raw.symbols)
     result = model.load_state_dict(raw.state_dict, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(("label_embs_concat", "final_proj"))]
+    missing = [k for k in result.missing_keys if not k.startswith(PREDICTION_HEAD)]
     if missing or result.unexpected_keys:
         raise CheckpointError(
             f"{raw.path}: weights do not match the HuBERT its config describes "

@@ -84,17 +84,14 @@ def model_cfg_for(cfg: PretrainConfig) -> dict:
     return make[cfg.model.arch](**cfg.model.overrides)
 
 
-HEAD = ("final_proj.", "label_embs_concat")  # the prediction head: tied to the labels, started fresh
-
-
 def start_from(model: torch.nn.Module, init: str | os.PathLike) -> None:
     """Load every weight of the HuBERT at ``init`` but the prediction head into ``model`` (model.init); the
     two must have the same architecture."""
-    from score_upstream.models.hubert import load_hubert
+    from score_upstream.models.hubert import PREDICTION_HEAD, load_hubert
 
     src = load_hubert(init).model.state_dict()
     own = model.state_dict()
-    body = [k for k in own if not k.startswith(HEAD)]
+    body = [k for k in own if not k.startswith(PREDICTION_HEAD)]
     wrong = [k for k in body if k not in src or src[k].shape != own[k].shape]
     if wrong:
         raise PretrainError(f"model.init={init}: not the architecture of this recipe's model (missing or other shape: "
