@@ -72,6 +72,14 @@ def test_a_profile_best_in_an_upper_layer_beyond_its_interval_is_hubert_like(tmp
     text = prof.render(p)
     assert "| 0 (CNN output) |" in text and "better" in text and "HuBERT-like (both" in text and text.endswith("yes.\n")
 
+    # the runs the recipe asked for, only: a seed or layer folder an earlier run left is not mixed in
+    _probe(expdir, 1, {9: 0.01})
+    _probe(expdir, 5, {0: 0.01, 1: 0.01})
+    asked = prof.profile(expdir, gt_dir, n_layers=2, probe_layers=[0, 1, 2], seeds=[0, 1, 2, 3])
+    assert asked["pr"] == p["pr"] and "seed9" not in str(asked) and 5 not in asked["pr"]["layers"]
+    with pytest.raises(prof.ProfileError, match=r"layer0/pr/seed7/train.log: no 'dev per' line"):
+        prof.profile(expdir, gt_dir, n_layers=2, probe_layers=[0, 2], seeds=[0, 7])
+
 
 def test_a_profile_best_at_the_cnn_output_or_in_a_lower_layer_is_not(tmp_path, tiny_corpus):
     expdir, gt_dir, _ = _profiled(tmp_path, tiny_corpus, good_layer=0)

@@ -85,7 +85,9 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
 fi
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   log "Stage 4: profile -> $expdir/profile.{json,md}"
-  "$(score_python)" -m score_upstream.pretrain.profile "$expdir" --layers "$n_layers" --ckpt "$ckpt" \
-    --groundtruth "$quesst/scoring/groundtruth_quesst14_dev" --title "Layer profile on dev: $ckpt" || exit 2
+  # only the probe layers and seeds of this run: folders an earlier run left are never read
+  "$(score_python)" -m score_upstream.pretrain.profile "$expdir" --n-layers "$n_layers" --ckpt "$ckpt" \
+    --probe-layers "$layers" --seeds "$seeds" --groundtruth "$quesst/scoring/groundtruth_quesst14_dev" \
+    --title "Layer profile on dev: $ckpt" || exit 2
   rm -rf "$expdir/feature-cache"
 fi

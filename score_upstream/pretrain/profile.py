@@ -72,15 +72,27 @@ def qbe_profile(expdir: Path, groundtruth: Path) -> dict | None:
             "n": len(gt.targets), "interval": "paired bootstrap over queries, 95 %", "layers": rows}
 
 
-def pr_profile(expdir: Path) -> dict | None:
+def pr_profile(expdir: Path, layers: list[int] | None = None, seeds: list[int] | None = None) -> dict | None:
     """Per-layer best dev PER (%) over the seeds and its paired-by-seed difference from layer 0; None without
-    probe runs."""
+    probe runs.
+
+    With ``layers`` and ``seeds`` (what recipes/pretrain/profile.sh ran), exactly those runs are read and a
+    missing one is an error: a layer or seed folder an earlier run left (another checkpoint, other seeds) is
+    never mixed in. Without them, every ``probe/layer<L>/pr/seed<S>/`` found is read.
+    """
+    if layers is not None and seeds is not None:
+        found = {L: {s: expdir / "probe" / f"layer{L}" / "pr" / f"seed{s}" for s in seeds} for L in layers}
+    else:
+        found = {L: {int(m[1]): run for run in sorted((d / "pr").iterdir()) if (m := _SEED.match(run.name))}
+                 for L, d in _layer_dirs(expdir / "probe").items() if (d / "pr").is_dir()}
     runs: dict[int, dict[int, float]] = {}
-    for L, d in sorted(_layer_dirs(expdir / "probe").items()):
-        pr = d / "pr"
-        for run in sorted(pr.iterdir()) if pr.is_dir() else []:
-            if (m := _SEED.match(run.name)) and (v := best_dev(run / "train.log", "pr")) is not None:
-                runs.setdefault(L, {})[int(m[1])] = 100.0 * v
+    for L, by_seed in sorted(found.items()):
+        for seed, run in sorted(by_seed.items()):
+            v = best_dev(run / "train.log", "pr")
+            if v is not None:
+                runs.setdefault(L, {})[seed] = 100.0 * v
+            elif layers is not None:
+                raise ProfileError(f"{run / 'train.log'}: no 'dev per' line; rerun recipes/pretrain/profile.sh")
     if not runs:
         return None
     rows = {}
@@ -108,14 +120,13 @@ def checkpoint_identity(ckpt: str | Path) -> dict:
     """What the profile measured: the checkpoint's path, its SHA-256 and, for a converted (s3prl) checkpoint,
     the digest of its weights alone (:func:`score_upstream.pretrained.weights_digest`), which stays valid when
     the profile is stored in the file."""
-    import hashlib
-
     import torch
 
     from score_upstream.pretrained import weights_digest
+    from score_upstream.stages import file_sha256
 
     ckpt = Path(ckpt)
-    out = {"ckpt": str(ckpt), "ckpt_sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()}
+    out = {"ckpt": str(ckpt), "ckpt_sha256": file_sha256(ckpt)}
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("model_weight"), dict):
         out["weights_sha256"] = weights_digest(state)
@@ -123,15 +134,17 @@ def checkpoint_identity(ckpt: str | Path) -> dict:
 
 
 def profile(expdir: str | Path, groundtruth: str | Path | None, n_layers: int | None = None,
-            ckpt: str | Path | None = None) -> dict:
+            ckpt: str | Path | None = None, probe_layers: list[int] | None = None,
+            seeds: list[int] | None = None) -> dict:
     """Both measurements of ``expdir`` (either may be absent, not both) and their verdicts; with ``ckpt``, the
-    identity of the checkpoint measured (:func:`checkpoint_identity`)."""
+    identity of the checkpoint measured (:func:`checkpoint_identity`); with ``probe_layers`` and ``seeds``,
+    only those probe runs (:func:`pr_profile`)."""
     expdir = Path(expdir)
     out: dict = {"expdir": str(expdir)}
     if ckpt is not None:
         out.update(checkpoint_identity(ckpt))
     qbe = qbe_profile(expdir, Path(groundtruth)) if groundtruth is not None else None
-    pr = pr_profile(expdir)
+    pr = pr_profile(expdir, probe_layers, seeds)
     if qbe is None and pr is None:
         raise ProfileError(f"{expdir}: no QbE dev scores (qbe/dev/layer<L>/) and no probe runs (probe/layer<L>/pr/seed<S>/); "
                            "run recipes/pretrain/profile.sh first")
@@ -187,12 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("expdir", help="the folder recipes/pretrain/profile.sh wrote (qbe/dev/layer<L>/, probe/layer<L>/)")
     ap.add_argument("--groundtruth", help="QUESST dev ground truth folder (scoring/groundtruth_quesst14_dev)")
     ap.add_argument("--ckpt", help="the checkpoint measured (its identity is recorded)")
-    ap.add_argument("--layers", type=int, help="transformer layers of the model (default: the highest profiled)")
+    ap.add_argument("--n-layers", type=int, help="transformer layers of the model (default: the highest profiled)")
+    ap.add_argument("--probe-layers", help='the probed layers to read, e.g. "0 1 2" (default: every probe/layer<L>/)')
+    ap.add_argument("--seeds", help='the probe seeds to read, e.g. "0 1 2 3" (with --probe-layers)')
     ap.add_argument("--title", default="Layer profile on dev")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        prof = profile(args.expdir, args.groundtruth, args.layers, args.ckpt)
+        prof = profile(args.expdir, args.groundtruth, args.n_layers, args.ckpt,
+                       [int(x) for x in args.probe_layers.split()] if args.probe_layers else None,
+                       [int(x) for x in args.seeds.split()] if args.seeds else None)
     except (ProfileError, TWVError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
